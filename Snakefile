@@ -1,0 +1,30 @@
+# vitlandscape: MAE / RC-MAE / supervised ViTs and their loss landscapes.
+# Run: snakemake --cores N   (config/config.yaml is the embedded default)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default, unless config files are given with --configfile: those replace
+# it rather than being merged into it (a paper config must not inherit the demo models).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+onsuccess:
+    print(finished_message())

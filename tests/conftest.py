@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny architectures, tiny data sets, validated configs."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_ARCH = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 4,
+             "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)
+
+
+def validated(config: dict) -> dict:
+    """Validate against config/schema.yaml with defaults filled, as the Snakefile does."""
+    from snakemake.utils import validate
+    config = copy.deepcopy(config)
+    validate(config, str(ROOT / "config" / "schema.yaml"))
+    return config
+
+
+@pytest.fixture
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture
+def npz_dataset(tmp_path) -> Path:
+    """A small labelled npz data set: 3 classes of noisy bars (uint8 N,H,W,C)."""
+    rng = np.random.default_rng(0)
+    n, size = 96, 16
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 60, size=(n, size, size, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, :, 4 * label:4 * label + 4] = 220  # a vertical bar whose position is the class
+    path = tmp_path / "bars.npz"
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def model_settings(method="mae", **overrides) -> dict:
+    """A complete (schema-defaulted) model entry, as the rules pass to the stages."""
+    entry = {"method": method, "arch": dict(TINY_ARCH) if method != "supervised" else
+             {k: TINY_ARCH[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")},
+             "pretrain": {"epochs": 2, "batch_size": 32}, "probe": {"epochs": 2, "batch_size": 32},
+             "finetune": {"epochs": 1, "batch_size": 32}}
+    config = validated({"models": {"m": entry}})
+    return {"name": "m", **config["models"]["m"], **overrides}

@@ -1,0 +1,118 @@
+"""Config: the default validates; bad configs fail with a message that names the key."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from vitlandscape import configcheck
+from conftest import ROOT, validated
+
+
+def test_default_config_is_valid_and_defaults_are_filled(default_config):
+    config = validated(default_config)
+    assert configcheck.problems(config) == []
+    assert config["landscape"]["alpha"] == [-1.0, 1.0, 21]
+    assert config["models"]["rcmae"]["downstream_weights"] == "teacher"
+    assert config["models"]["mae"]["norm_pix_loss"] is False
+    assert configcheck.objectives(config["models"]["mae"]) == ["pretext", "probe"]
+    assert configcheck.objectives(config["models"]["sup"]) == ["supervised"]
+
+
+def _set(path, value):
+    def mutate(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return mutate
+
+
+def _delete(path):
+    def mutate(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return mutate
+
+
+SCHEMA_ERRORS = [
+    (_set("models.mae.pretrain", {"epoch": 3}), ["'epoch' was unexpected", "['models']['mae']['pretrain']"]),
+    (_set("models.mae.method", "moco"), ["'moco' is not one of", "['models']['mae']['method']"]),
+    (_set("data.dataset", "mnist"), ["'mnist' is not one of", "['data']['dataset']"]),
+    (_set("data.image_size", "16"), ["'16' is not of type 'integer'", "['data']['image_size']"]),
+    (_set("models.mae.mask_ratio", 1.0), ["mask_ratio", "1.0"]),
+    (_set("models.mae.pretrain.lr", -1), ["-1 is less than or equal to the minimum of 0"]),
+    (_set("models.mae.arch", "vit_gigantic"), ["vit_gigantic", "['models']['mae']['arch']"]),
+    (_set("models.mae.objectives", ["pretext", "loss"]), ["'loss' is not one of"]),
+    (_set("models.bad-name", {"method": "mae", "arch": "mae_vit_base_patch16"}), ["bad-name"]),
+    (_set("landscape.alpha", [-1, 1]), ["['landscape']['alpha']"]),
+    (_set("landscape.tile", [0, 5]), ["['landscape']['tile']"]),
+    (_set("landscape.normalization", "batch"), ["'batch' is not one of", "['landscape']['normalization']"]),
+    (_set("device", "tpu"), ["'tpu' is not one of", "['device']"]),
+    (_set("colour", "red"), ["'colour' was unexpected"]),
+    (_delete("models.sup.arch"), ["'arch' is a required property", "['models']['sup']"]),
+    (_set("models", {}), ["should be non-empty", "['models']"]),
+    (_set("figures.compare", [{"name": "x", "surfaces": ["mae/pretext"]}]), ["is too short"]),
+]
+
+
+@pytest.mark.parametrize("mutate,fragments", SCHEMA_ERRORS)
+def test_schema_errors_name_the_key(default_config, mutate, fragments):
+    config = copy.deepcopy(default_config)
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validated(config)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+CHECK_ERRORS = [
+    (_set("models.mae.arch.img_size", 32), "models.mae.arch.img_size is 32 but data.image_size is 16"),
+    (_set("models.mae.arch.patch_size", 5), "models.mae.arch.img_size 16 is not a multiple of patch_size 5"),
+    (_set("models.mae.arch.num_heads", 3), "models.mae.arch.embed_dim 64 is not divisible by num_heads 3"),
+    (_set("models.sup.objectives", ["pretext"]), "models.sup.objectives: pretext not available for method supervised"),
+    (_set("models.mae.objectives", ["supervised"]), "models.mae.objectives: supervised not available for method mae"),
+    (_set("models.mae.checkpoint", "/nonexistent/mae.pth"), "models.mae.checkpoint: file /nonexistent/mae.pth does not exist"),
+    (_set("data.dataset", "npz"), "data.path is required for data.dataset 'npz'"),
+    (_set("data.path", "/nonexistent/data.npz"), None),
+    (_set("models.mae.mask_ratio", 0.99), "models.mae.mask_ratio 0.99 keeps no patch of 16"),
+    (_set("figures.compare", [{"name": "p", "surfaces": ["mae/pretext", "rcmae/supervised"]}]),
+     "figures.compare[0] (p): surface rcmae/supervised is not computed"),
+]
+
+
+@pytest.mark.parametrize("mutate,fragment", CHECK_ERRORS)
+def test_semantic_errors_name_the_key(default_config, mutate, fragment):
+    config = copy.deepcopy(default_config)
+    mutate(config)
+    if fragment is None:  # a path given to digits is ignored, not an error
+        assert configcheck.problems(validated(config)) == []
+        return
+    problems = configcheck.problems(validated(config))
+    assert any(fragment in problem for problem in problems), problems
+
+
+def test_arch_without_decoder_for_mae(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["mae"]["arch"] = {k: 16 if k == "img_size" else 4 for k in
+                                       ("img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+    assert ("models.mae.arch needs decoder_embed_dim, decoder_depth, decoder_num_heads for method mae"
+            in configcheck.problems(validated(config)))
+
+
+def test_workflow_refuses_a_bad_config_before_any_job(tmp_path, default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["rcmae"]["arch"]["img_size"] = 32
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad),
+                          "--directory", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "models.rcmae.arch.img_size is 32 but data.image_size is 16" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()

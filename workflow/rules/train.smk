@@ -1,0 +1,79 @@
+# Pretraining (MAE, RC-MAE, supervised ViT), linear probing and fine-tuning.
+
+
+rule pretrain:
+    input:
+        data=DATA_FILE,
+    output:
+        "results/checkpoints/{model}/pretrain.pt",
+    params:
+        settings=lambda w: stage_settings(w.model, "pretrain"),
+        code=code_hash("train"),
+    log:
+        "results/logs/pretrain/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{model}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+        gpu=TRAIN_GPU,
+    conda:
+        ENV
+    shell:
+        "{VL} pretrain --settings {params.settings:q} --data {input.data} --out {output}"
+        " --threads {threads} --device {config[device]} > {log} 2>&1"
+
+
+rule downstream:
+    """Linear probe or fine-tuning of a pretrained MAE / RC-MAE encoder."""
+    input:
+        data=DATA_FILE,
+        checkpoint=pretrained,
+    output:
+        checkpoint="results/checkpoints/{model}/{stage}.pt",
+        metrics="results/checkpoints/{model}/{stage}.json",
+    wildcard_constraints:
+        stage="probe|finetune",
+    params:
+        settings=lambda w: stage_settings(w.model, w.stage),
+        code=code_hash("train"),
+    log:
+        "results/logs/{stage}/{model}.log",
+    benchmark:
+        "results/benchmarks/{stage}/{model}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+        gpu=TRAIN_GPU,
+    conda:
+        ENV
+    shell:
+        "{VL} {wildcards.stage} --settings {params.settings:q} --data {input.data}"
+        " --checkpoint {input.checkpoint} --out {output.checkpoint} --metrics {output.metrics}"
+        " --threads {threads} --device {config[device]} > {log} 2>&1"
+
+
+rule accuracy_table:
+    input:
+        accuracy_inputs(),
+    output:
+        "results/metrics/accuracy.csv",
+    params:
+        metrics=lambda w, input: [f for f in input if f.endswith(".json")],
+        supervised=[f"{n}=results/checkpoints/{n}/pretrain.pt" for n in supervised()],
+        code=code_hash("table"),
+    log:
+        "results/logs/accuracy_table.log",
+    benchmark:
+        "results/benchmarks/accuracy_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "{VL} accuracy-table --metrics {params.metrics} --supervised {params.supervised}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,3 @@
+from vitlandscape.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""Reading and writing checkpoints: our own, the official MAE release, the RC-MAE release.
+
+Our checkpoints are dicts: `model` (the state_dict that represents the trained model
+downstream), `kind` (mae | classifier), `method`, `arch`, plus stage-specific entries.
+Official MAE: `{'model': state_dict, 'args': argparse.Namespace, ...}`.
+RC-MAE release: `{'student': ..., 'teacher': ...}` with a `module.` prefix on every key.
+Everything loads with `weights_only=True`; only argparse.Namespace is allow-listed.
+"""
+import argparse
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def state_dict_from(ckpt: dict, path, prefer: str = "teacher") -> dict:
+    """The model weights of a checkpoint in any supported layout.
+
+    `prefer` picks `teacher` or `student` when the checkpoint holds both (RC-MAE release)
+    and has no `model` entry.
+    """
+    if "model" in ckpt:
+        return _strip_prefix(ckpt["model"])
+    if prefer in ckpt:
+        return _strip_prefix(ckpt[prefer])
+    raise CheckpointError(
+        f"checkpoint {path} has no 'model' or '{prefer}' entry (top-level keys: {', '.join(map(str, ckpt))})")
+
+
+def check_keys(expected: dict, state: dict, what: str) -> None:
+    """Strict key and shape match; the error lists every missing, unexpected or misshapen key."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+                 for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if misshapen:
+            parts.append(f"shape mismatches: {'; '.join(misshapen)}")
+        raise CheckpointError(f"{what} does not match the model: " + " | ".join(parts))
+
+
+def load_into(model: torch.nn.Module, state: dict, what: str) -> None:
+    check_keys(model.state_dict(), state, what)
+    model.load_state_dict(state, strict=True)

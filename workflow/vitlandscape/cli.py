@@ -1,0 +1,73 @@
+"""Command line: one subcommand per workflow stage (`python -m vitlandscape STAGE --help`).
+
+Settings arrive as JSON, inline or as `@file.json`: the Snakemake rules pass exactly the
+part of the validated config that a stage depends on.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def settings_arg(text: str) -> dict:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--settings is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--settings must be a JSON object")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    if data:
+        p.add_argument("--data", required=True, help="prepared data file (prepare-data output)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vitlandscape", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("prepare-data", help="load the data set, split it, fix the eval subset")
+    _common(p, data=False)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("pretrain", help="train MAE / RC-MAE / supervised ViT from scratch")
+    _common(p)
+    p.add_argument("--out", required=True)
+
+    for stage in ("probe", "finetune"):
+        p = sub.add_parser(stage, help=f"{stage} an MAE encoder on the labels")
+        _common(p)
+        p.add_argument("--checkpoint", required=True, help="pretrained MAE checkpoint")
+        p.add_argument("--out", required=True)
+        p.add_argument("--metrics", required=True, help="accuracy JSON to write")
+
+    p = sub.add_parser("accuracy-table", help="collect accuracies into one CSV")
+    p.add_argument("--metrics", nargs="*", default=[], help="probe/finetune JSON files")
+    p.add_argument("--supervised", nargs="*", default=[], metavar="NAME=CHECKPOINT")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    from vitlandscape import stages
+    if args.stage == "prepare-data":
+        stages.prepare_data(args.settings, args.out)
+    elif args.stage == "pretrain":
+        stages.pretrain(args.settings, args.data, args.out, args.device)
+    elif args.stage in ("probe", "finetune"):
+        stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
+                          args.device)
+    elif args.stage == "accuracy-table":
+        supervised = dict(item.split("=", 1) for item in args.supervised)
+        stages.accuracy_table(args.metrics, supervised, args.out)

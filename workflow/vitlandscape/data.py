@@ -1,0 +1,151 @@
+"""Data sets, prepared once into one tensor file: train/test splits and the evaluation subset.
+
+Supported: `digits` (bundled with scikit-learn), `npz`, `cifar` (python-pickle batches),
+`imagefolder` (ImageNet layout, `train/` and optional `val/`, loaded resized into memory).
+Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized to
+`image_size` and normalised with the ImageNet mean/std, as MAE does.
+"""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class DataError(ValueError):
+    pass
+
+
+def to_model_input(images: np.ndarray, image_size: int, max_value: float) -> torch.Tensor:
+    """[N, H, W] or [N, H, W, C] pixels in [0, max_value] -> normalised float [N, 3, S, S]."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32) / max_value
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"images must be N,H,W or N,H,W,C with C in (1, 3); got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > image_size)
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
+
+
+def _split(n: int, test_fraction: float, seed: int):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(n * test_fraction))
+    return order[n_test:].sort().values, order[:n_test].sort().values
+
+
+def _digits(cfg):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return digits.images, digits.target, None, None, 16.0
+
+
+def _npz(cfg):
+    path = _require_path(cfg)
+    with np.load(path) as f:
+        for key in ("images", "labels"):
+            if key not in f:
+                raise DataError(f"npz file {path} has no '{key}' array (arrays: {', '.join(f.files)})")
+        test = (f["test_images"], f["test_labels"]) if "test_images" in f else (None, None)
+        return f["images"], f["labels"], *test, 255.0
+
+
+def _cifar(cfg):
+    root = _require_path(cfg)
+    train = sorted(root.glob("data_batch_*"))
+    if not train:
+        raise DataError(f"data.path {root} holds no CIFAR 'data_batch_*' files")
+
+    def read(files):
+        images, labels = [], []
+        for file in files:
+            with open(file, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.extend(batch.get(b"labels", batch.get(b"fine_labels")))
+        return np.concatenate(images), np.asarray(labels)
+
+    test = sorted(root.glob("test_batch*"))
+    return *read(train), *(read(test) if test else (None, None)), 255.0
+
+
+def _imagefolder(cfg):
+    from PIL import Image
+    root = _require_path(cfg)
+    size = cfg["image_size"]
+
+    def read(split_dir):
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            for file in sorted((split_dir / name).iterdir()):
+                with Image.open(file) as img:
+                    img = img.convert("RGB")
+                    scale = size / min(img.size)  # resize the short side, then centre-crop
+                    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
+                    left, top = (img.width - size) // 2, (img.height - size) // 2
+                    images.append(np.asarray(img.crop((left, top, left + size, top + size))))
+                labels.append(label)
+        return np.stack(images), np.asarray(labels)
+
+    if not (root / "train").is_dir():
+        raise DataError(f"data.path {root} has no 'train' folder (ImageFolder layout expected)")
+    test = read(root / "val") if (root / "val").is_dir() else (None, None)
+    return *read(root / "train"), *test, 255.0
+
+
+def _require_path(cfg) -> Path:
+    if not cfg.get("path"):
+        raise DataError(f"data.path is required for dataset {cfg['dataset']!r}")
+    path = Path(cfg["path"])
+    if not path.exists():
+        raise DataError(f"data.path {path} does not exist")
+    return path
+
+
+LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar, "imagefolder": _imagefolder}
+
+
+def prepare(cfg: dict) -> dict:
+    """Load the configured data set into tensors, with the seeded evaluation subset."""
+    if cfg["dataset"] not in LOADERS:
+        raise DataError(f"data.dataset {cfg['dataset']!r} is not one of {', '.join(LOADERS)}")
+    images, labels, test_images, test_labels, max_value = LOADERS[cfg["dataset"]](cfg)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    x = to_model_input(images, cfg["image_size"], max_value)
+    if len(x) != len(labels):
+        raise DataError(f"{len(x)} images but {len(labels)} labels")
+    if test_images is None:
+        train_idx, test_idx = _split(len(x), cfg["test_fraction"], cfg["seed"])
+        train_x, train_y, test_x, test_y = x[train_idx], labels[train_idx], x[test_idx], labels[test_idx]
+    else:
+        train_x, train_y = x, labels
+        test_x = to_model_input(test_images, cfg["image_size"], max_value)
+        test_y = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
+    eval_idx = eval_indices(len(train_x), cfg["eval_samples"], cfg["seed"])
+    return {"train_images": train_x, "train_labels": train_y,
+            "test_images": test_x, "test_labels": test_y,
+            "eval_index": eval_idx,
+            "num_classes": int(max(train_y.max(), test_y.max() if len(test_y) else 0)) + 1,
+            "dataset": cfg["dataset"], "image_size": cfg["image_size"]}
+
+
+def eval_indices(n_train: int, eval_samples: int, seed: int) -> torch.Tensor:
+    """A seeded subset of the training split; the whole split in stored order when it is smaller."""
+    if eval_samples >= n_train:
+        return torch.arange(n_train)
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + 1))
+    return order[:eval_samples].sort().values
+
+
+def load_prepared(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prepared data {path} does not exist (run the prepare_data stage)")
+    return torch.load(path, map_location="cpu", weights_only=True)
