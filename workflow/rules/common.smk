@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import configcheck  # noqa: E402
+from vitlandscape import configcheck, grid  # noqa: E402
 
 # Every job runs the library from this checkout: `python -m vitlandscape STAGE ...`.
 VL = f"PYTHONPATH={LIBDIR}${{PYTHONPATH:+:$PYTHONPATH}} python -m vitlandscape"
@@ -24,11 +24,18 @@ MODELS = config["models"]
 DATASET = config["data"]["dataset"]
 DATA_FILE = f"results/data/{DATASET}.pt"
 TRAIN_GPU = 1 if config["device"] == "cuda" else 0
+LANDSCAPE = config["landscape"]
+LANDSCAPE_GPU = 1 if LANDSCAPE["device"] == "cuda" else 0
+TILES = grid.tile_names(LANDSCAPE["alpha"], LANDSCAPE["beta"], LANDSCAPE["tile"])
+SURFACES = [(name, objective) for name, m in MODELS.items() for objective in configcheck.objectives(m)]
+INTERPOLATIONS = {i["name"]: i for i in LANDSCAPE["interpolations"]}
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     dataset="[A-Za-z0-9_]+",
+    objective="pretext|probe|finetune|supervised",
+    tile=r"a\d+_b\d+",
 
 
 # Library modules each stage imports; their hash goes into params so that editing the
@@ -40,6 +47,7 @@ STAGE_MODULES = {
     "prepare_data": _COMMON,
     "train": _COMMON + _MODELS + ["train.py"],
     "table": _COMMON,
+    "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py"],
 }
 
 
@@ -66,10 +74,59 @@ def stage_settings(name, stage):
     return as_json({"name": name, **{k: m[k] for k in keys}})
 
 
-def pretrained(wildcards):
+def pretrained_path(name):
     """The model's pretrained checkpoint: given in the config, or trained by the workflow."""
-    given = MODELS[wildcards.model]["checkpoint"]
-    return given if given else f"results/checkpoints/{wildcards.model}/pretrain.pt"
+    return MODELS[name]["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
+
+
+def pretrained(wildcards):
+    return pretrained_path(wildcards.model)
+
+
+def objective_checkpoint_path(name, objective):
+    """The trained weights an objective is measured on."""
+    if objective in ("pretext", "supervised"):
+        return pretrained_path(name)
+    return f"results/checkpoints/{name}/{objective}.pt"
+
+
+def objective_checkpoint(wildcards):
+    return objective_checkpoint_path(wildcards.model, wildcards.objective)
+
+
+_DIRECTION_KEYS = ["direction_seed", "normalization", "perturb_1d", "perturb_frozen", "orthogonal"]
+_SURFACE_KEYS = _DIRECTION_KEYS + ["alpha", "beta", "tile", "mask_seed", "batch_size", "device"]
+
+
+def landscape_settings(name, objective, keys):
+    m = MODELS[name]
+    model_keys = ["method", "arch", "norm_pix_loss", "mask_ratio", "downstream_weights"]
+    return {"name": name, "objective": objective, **{k: m[k] for k in model_keys},
+            "landscape": {k: LANDSCAPE[k] for k in keys}}
+
+
+def direction_settings(w):
+    return as_json(landscape_settings(w.model, w.objective, _DIRECTION_KEYS))
+
+
+def surface_settings(w):
+    return as_json(landscape_settings(w.model, w.objective, _SURFACE_KEYS))
+
+
+def line_settings(w):
+    return as_json(landscape_settings(w.model, w.objective, _SURFACE_KEYS + ["line"]))
+
+
+def interpolation_settings(w):
+    spec = INTERPOLATIONS[w.name]
+    settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device"])
+    return as_json({**settings, "interpolation": w.name, "range": spec["range"]})
+
+
+def interpolation_checkpoints(w):
+    spec = INTERPOLATIONS[w.name]
+    return {"start": objective_checkpoint_path(spec["start"], spec["objective"]),
+            "end": objective_checkpoint_path(spec["end"], spec["objective"])}
 
 
 def self_supervised():
@@ -85,8 +142,14 @@ def accuracy_inputs():
     return files + [f"results/checkpoints/{n}/pretrain.pt" for n in supervised()]
 
 
+def surface_targets():
+    return [f"results/surfaces/{name}/{objective}.zarr" for name, objective in SURFACES]
+
+
 def all_targets():
-    return ["results/metrics/accuracy.csv"]
+    return (["results/metrics/accuracy.csv"] + surface_targets()
+            + [f"results/lines/{name}/{objective}.nc" for name, objective in SURFACES]
+            + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS])
 
 
 def finished_message():

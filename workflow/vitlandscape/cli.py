@@ -49,6 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True)
         p.add_argument("--metrics", required=True, help="accuracy JSON to write")
 
+    p = sub.add_parser("directions", help="two filter-normalised random directions")
+    _common(p, data=False)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="safetensors file")
+
+    p = sub.add_parser("surface-tile", help="evaluate one tile of the loss grid")
+    _common(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--directions", required=True)
+    p.add_argument("--tile", required=True, help="tile name a<i>_b<j>")
+    p.add_argument("--out", required=True, help="netCDF tile file")
+
+    p = sub.add_parser("assemble", help="join tiles into one chunked Zarr surface")
+    _common(p, data=False)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--directions", required=True)
+    p.add_argument("--tiles", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="Zarr store")
+
+    p = sub.add_parser("line", help="1-D landscape along the first direction")
+    _common(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--directions", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("interpolate", help="loss along the straight path between two checkpoints")
+    _common(p)
+    p.add_argument("--start", required=True)
+    p.add_argument("--end", required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("accuracy-table", help="collect accuracies into one CSV")
     p.add_argument("--metrics", nargs="*", default=[], help="probe/finetune JSON files")
     p.add_argument("--supervised", nargs="*", default=[], metavar="NAME=CHECKPOINT")
@@ -60,7 +91,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    from vitlandscape import stages
+    from vitlandscape import landscape, stages
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
@@ -68,6 +99,16 @@ def main(argv=None) -> None:
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
                           args.device)
+    elif args.stage == "directions":
+        landscape.make_directions(args.settings, args.checkpoint, args.out)
+    elif args.stage == "surface-tile":
+        landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
+    elif args.stage == "assemble":
+        landscape.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
+    elif args.stage == "line":
+        landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
+    elif args.stage == "interpolate":
+        landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)

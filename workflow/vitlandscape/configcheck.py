@@ -48,6 +48,20 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     return out
 
 
+def _interpolation_problems(i: int, spec: dict, models: dict) -> list[str]:
+    key = f"landscape.interpolations[{i}] ({spec['name']})"
+    out = []
+    for end in ("start", "end"):
+        name = spec[end]
+        if name not in models:
+            out.append(f"{key}.{end}: {name!r} is not a model of this config (models: {', '.join(models)})")
+        elif spec["objective"] not in ALLOWED[models[name]["method"]]:
+            out.append(f"{key}.objective: {spec['objective']} not available for model {name}")
+    if not out and arch_dims(models[spec["start"]]["arch"]) != arch_dims(models[spec["end"]]["arch"]):
+        out.append(f"{key}: {spec['start']} and {spec['end']} have different architectures")
+    return out
+
+
 def problems(config: dict) -> list[str]:
     data = config["data"]
     out = []
@@ -59,6 +73,8 @@ def problems(config: dict) -> list[str]:
     for name, m in config["models"].items():
         out += _model_problems(name, m, data["image_size"])
     surfaces = {f"{name}/{o}" for name, m in config["models"].items() for o in objectives(m)}
+    for i, spec in enumerate(config.get("landscape", {}).get("interpolations", [])):
+        out += _interpolation_problems(i, spec, config["models"])
     for i, panel in enumerate(config.get("figures", {}).get("compare", [])):
         for s in panel["surfaces"]:
             if s not in surfaces:

@@ -66,7 +66,8 @@ def pretrain(cfg: dict, data_path, out, device="cpu") -> dict:
         if teacher is not None:
             ckpt.update(student=cpu_state(model), teacher=cpu_state(teacher),
                         model=cpu_state(teacher if cfg["downstream_weights"] == "teacher" else model))
-        print(f"{method} final pretext loss: {history[-1]['loss']:.4f}")
+        what = "MAE + consistency loss" if method == "rcmae" else "MAE loss"
+        print(f"{method} last-epoch training {what}: {history[-1]['loss']:.4f}")
     checkpoints.atomic_save(ckpt, out)
     return ckpt
 

@@ -105,13 +105,19 @@ class MaskedAutoencoderViT(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-    def patch_losses(self, imgs, pred):
-        """Per-patch MSE [N, L] (on standardised target patches when norm_pix_loss)."""
+    def targets(self, imgs):
+        """Target patches [N, L, p*p*C]: pixels, standardised per patch when norm_pix_loss."""
         target = self.patchify(imgs)
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6) ** 0.5
+        return target
+
+    def patch_losses(self, imgs, pred, target=None):
+        """Per-patch MSE [N, L]; pass `target` (from `targets`) to skip recomputing it."""
+        if target is None:
+            target = self.targets(imgs)
         return ((pred - target) ** 2).mean(dim=-1)
 
     def forward_loss(self, imgs, pred, mask):

@@ -1,0 +1,258 @@
+"""Figures and interactive exports of synthetic loss surfaces."""
+
+import re
+
+import numpy as np
+import pytest
+import pyvista as pv
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from vitlandscape import figures, interactive
+
+ALPHA = np.linspace(-1, 1, 9)
+BETA = np.linspace(-0.5, 1, 7)
+FAST = {"dpi": 50, "levels": 8}
+ATTRS = {
+    "model": "vit_tiny_mae", "method": "mae", "objective": "pretext", "eval_samples": 256,
+    "normalization": "filter", "perturb_1d": 0, "perturb_frozen": 0,
+}
+
+
+def surface(centre=(0.0, 0.0), scale=1.0, tilt=0.3, accuracy=False, far_points=True, **attrs) -> xr.Dataset:
+    """Anisotropic, tilted quadratic bowl on a non-square grid; NaN and inf at two far corners."""
+    a, b = np.meshgrid(ALPHA, BETA, indexing="ij")
+    loss = 1.0 + scale * (3 * (a - centre[0]) ** 2 + 0.5 * (b - centre[1]) ** 2 + tilt * a * b)
+    if far_points:
+        loss[0, -1], loss[-1, -1] = np.nan, np.inf
+    ds = xr.Dataset({"loss": (("alpha", "beta"), loss)}, coords={"alpha": ALPHA, "beta": BETA},
+                    attrs={**ATTRS, **attrs})
+    if accuracy:
+        ds["accuracy"] = (("alpha", "beta"), 0.9 - 0.05 * np.nan_to_num(loss, nan=5, posinf=5))
+    return ds
+
+
+def two_entries():
+    return [("MAE", surface()), ("supervised", surface(centre=(0.3, 0.2), scale=3.0, accuracy=True,
+                                                       method="supervised", objective="supervised"))]
+
+
+FIGURES = {
+    "3d": (figures.make_surface_figure, figures.plot_surface, surface),
+    "contour": (figures.make_contour_figure, figures.plot_contour, surface),
+    "accuracy": (figures.make_accuracy_figure, figures.plot_accuracy, lambda: surface(accuracy=True)),
+    "slices": (figures.make_slices_figure, figures.plot_slices, lambda: surface(accuracy=True)),
+    "compare": (figures.make_comparison_figure, figures.plot_comparison, two_entries),
+    "basins": (figures.make_basin_figure, figures.plot_basin_overlay, two_entries),
+}
+
+
+def describe_overlaps(fig):
+    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in figures.text_overlaps(fig)]
+
+
+@pytest.mark.parametrize("kind", FIGURES)
+@pytest.mark.parametrize("extra", [{}, {"log_scale": True, "zmax": 3.0}])
+def test_figure_files_are_valid_and_text_does_not_overlap(tmp_path, kind, extra):
+    make, plot, data = FIGURES[kind]
+    settings = {**FAST, **extra}
+    fig = make(data(), settings)
+    assert describe_overlaps(fig) == []
+
+    prefix = tmp_path / "nested" / "dir" / "m"
+    paths = plot(data(), prefix, settings)
+    assert paths == [tmp_path / "nested" / "dir" / f"m_{kind}.{fmt}" for fmt in ("png", "pdf")]
+    image = imread(paths[0])
+    width, height = fig.get_size_inches() * settings["dpi"]
+    assert image.shape[:2] == (round(height), round(width))
+    assert image[..., :3].std() > 0.05
+    assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 30
+    assert paths[1].read_bytes().startswith(b"%PDF")
+
+
+def test_formats_setting_controls_outputs(tmp_path):
+    paths = figures.plot_contour(surface(), tmp_path / "m", {**FAST, "formats": ["png"]})
+    assert paths == [tmp_path / "m_contour.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_contour.png"]
+
+
+def test_text_overlaps_finds_overlapping_texts_and_text_over_colorbar():
+    fig = Figure(figsize=(4, 3), dpi=50, layout="constrained")
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, "first")
+    ax.text(0.5, 0.5, "second")
+    assert ("first", "second") in describe_overlaps(fig)
+
+    fig = Figure(figsize=(4, 3), dpi=50)
+    ax = fig.add_axes((0.1, 0.1, 0.5, 0.8))
+    bar_ax = fig.add_axes((0.7, 0.1, 0.1, 0.8))
+    ax.set_xlim(0, 1)
+    ax.text(0.95, 0.5, "reaches into the colorbar")
+    pairs = figures.text_overlaps(fig)
+    assert [(a.get_text(), b) for a, b in pairs] == [("reaches into the colorbar", bar_ax)]
+
+
+def test_plot_grid_puts_alpha_on_x_and_beta_on_y():
+    ds = surface(centre=(0.75, 0.0), tilt=0.0, far_points=False)
+    X, Y, Z = figures.plot_grid(ds)
+    assert X.shape == Y.shape == Z.shape == (BETA.size, ALPHA.size)
+    loss = ds["loss"].values
+    for i, j in [(0, 0), (8, 0), (2, 5), (8, 6)]:
+        assert (X[j, i], Y[j, i], Z[j, i]) == (ALPHA[i], BETA[j], loss[i, j])
+    j, i = np.unravel_index(Z.argmin(), Z.shape)
+    assert (X[j, i], Y[j, i]) == (0.75, 0.0)
+
+
+def test_contour_draws_the_minimum_on_the_right():
+    fig = figures.make_contour_figure(surface(centre=(0.75, 0.0), tilt=0.0, far_points=False), FAST)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "alpha (direction x)" and ax.get_ylabel() == "beta (direction y)"
+    assert ax.get_xlim() == (-1.0, 1.0) and ax.get_ylim() == (-0.5, 1.0)
+    filled = next(c for c in ax.collections if c.get_paths())
+    lowest_band = filled.get_paths()[0].vertices
+    assert lowest_band[:, 0].min() > 0.4 and abs(lowest_band[:, 1].mean()) < 0.3
+
+
+def test_contour_levels_are_log_spaced_over_clipped_finite_data():
+    s = figures.resolve_settings({"zmax": 3.0, "levels": 6})
+    shown = figures.display_values(surface().loss.values, s)
+    scale = figures.colour_scale([shown], s)
+    assert scale.limits == (1.0, 3.0)
+    assert np.allclose(np.diff(np.log(scale.levels)), np.log(3.0) / 5)
+
+    log = figures.resolve_settings({"log_scale": True, "levels": 6})
+    scale = figures.colour_scale([figures.display_values(surface().loss.values, log)], log)
+    finite = surface().loss.values[np.isfinite(surface().loss.values)]
+    assert np.allclose(scale.limits, np.log10([finite.min(), finite.max()]))
+    assert np.allclose(np.diff(scale.levels), np.diff(scale.levels)[0])
+
+
+def test_accuracy_figure_shows_percent_and_needs_accuracy():
+    ds = surface(accuracy=True)
+    fig = figures.make_accuracy_figure(ds, FAST)
+    filled = next(c for c in fig.axes[0].collections if c.get_paths())
+    accuracy = 100 * ds.accuracy.values
+    assert np.allclose(filled.levels[[0, -1]], [accuracy.min(), accuracy.max()])
+    assert fig.axes[1].get_ylabel() == "accuracy (%)" and "pretext accuracy" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="no accuracy"):
+        figures.make_accuracy_figure(surface(), FAST)
+
+
+def test_colour_scale_rejects_surface_without_finite_values():
+    with pytest.raises(ValueError, match="no finite"):
+        figures.colour_scale([np.full((3, 3), np.nan)], figures.resolve_settings({}))
+
+
+def test_comparison_shares_one_colour_scale_and_z_range():
+    fig = figures.make_comparison_figure(two_entries(), FAST)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    panels = [ax for ax in fig.axes if ax not in bars]
+    assert len(bars) == 1 and len(panels) == 4
+    norms = {(c.norm.vmin, c.norm.vmax) for ax in panels for c in ax.collections if c.get_array() is not None}
+    finite = np.concatenate([ds.loss.values[np.isfinite(ds.loss.values)] for _, ds in two_entries()])
+    assert norms == {(finite.min(), finite.max())}
+    surfaces = [ax for ax in panels if ax.name == "3d"]
+    assert {ax.get_zlim() for ax in surfaces} == {(finite.min(), finite.max())}
+    levels = [tuple(c.levels) for ax in panels for c in ax.collections if hasattr(c, "levels") and c.filled]
+    assert len(levels) == 2 and levels[0] == levels[1]
+
+
+def test_titles_say_what_was_plotted():
+    fig = figures.make_contour_figure(surface(), FAST)
+    title = fig.get_suptitle()
+    for expected in ["vit_tiny_mae", "mae pretext loss", "9×7 grid", "α∈[-1, 1]", "β∈[-0.5, 1]",
+                     "256 eval samples", "filter-norm, weights only"]:
+        assert expected in title
+    fig = figures.make_comparison_figure(two_entries(), FAST, title="MAE vs supervised")
+    assert fig.get_suptitle().startswith("MAE vs supervised\n")
+    assert "supervised supervised loss" in fig.axes[2].get_title()
+
+
+def test_labels_of_directions_and_missing_attributes():
+    assert figures.directions_label(surface(perturb_1d=1)) == "filter-norm, weights +1-D"
+    assert figures.directions_label(surface(perturb_1d="true", perturb_frozen=1, normalization="layer")) == \
+        "layer-norm, weights +1-D +frozen"
+    bare = surface()
+    bare.attrs = {}
+    assert figures.describe(bare) == {
+        "model": "?", "loss": "? ? loss", "grid": "9×7 grid, α∈[-1, 1], β∈[-0.5, 1]",
+        "samples": "? eval samples", "directions": "?-norm, weights +1-D? +frozen?",
+    }
+    figures.make_slices_figure(bare, FAST)
+
+
+def test_settings_take_figure_keys_of_the_config_section_over_defaults():
+    section = {"dpi": 72, "zmax": None, "compare": [{"name": "a", "surfaces": ["m/pretext", "n/pretext"]}]}
+    assert figures.resolve_settings(section) == {**figures.DEFAULTS, "dpi": 72}
+    assert figures.resolve_settings(None) == figures.DEFAULTS
+
+
+def test_basin_area_fraction_matches_hand_count():
+    a, b = np.meshgrid(ALPHA, BETA, indexing="ij")
+    ds = xr.Dataset({"loss": (("alpha", "beta"), 2 + a**2 + b**2)}, coords={"alpha": ALPHA, "beta": BETA})
+    # a^2 + b^2 <= 0.3: alpha 0 with |beta| <= 0.5 (5), alpha +-0.25 with |beta| <= 0.25 (2 x 3),
+    # alpha +-0.5 with beta 0 (2): 13 of 63 points.
+    assert figures.basin_area_fraction(ds, 0.3) == pytest.approx(13 / 63)
+    ds["loss"][5, 2] = np.nan  # alpha 0.25, beta 0: inside, but NaN counts as outside
+    ds["loss"][0, 6] = -np.inf
+    assert figures.basin_area_fraction(ds, 0.3) == pytest.approx(12 / 63)
+    ds["loss"][4, 2] = np.inf
+    with pytest.raises(ValueError, match="centre"):
+        figures.basin_area_fraction(ds, 0.3)
+
+
+def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
+    entries = [("wide", surface()), ("sharp", surface(scale=3.0))]
+    fig = figures.make_basin_figure(entries, {**FAST, "basin_delta": 0.5})
+    ax = fig.axes[0]
+    levels = [list(c.levels) for c in ax.collections]
+    assert levels == [[figures.centre_loss(ds) + 0.5] for _, ds in entries]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    fractions = [figures.basin_area_fraction(ds, 0.5) for _, ds in entries]
+    assert labels == [f"wide: {fractions[0]:.1%} of grid", f"sharp: {fractions[1]:.1%} of grid"]
+    assert fractions[0] > fractions[1] > 0
+
+
+def test_basin_overlay_refuses_entries_on_other_axes():
+    other = surface().assign_coords(beta=BETA * 2)
+    with pytest.raises(ValueError, match="'wide'"):
+        figures.make_basin_figure([("MAE", surface()), ("same", surface()), ("wide", other)], FAST)
+
+
+def test_centre_is_the_grid_point_nearest_zero():
+    ds = surface().assign_coords(alpha=ALPHA + 0.1, beta=BETA - 0.05)
+    assert figures.centre_index(ds) == (4, 2)
+    assert figures.centre_loss(ds) == ds.loss.values[4, 2]
+
+
+def test_html_is_offline_and_carries_the_data(tmp_path):
+    ds = surface(accuracy=True)
+    path = interactive.write_html(ds, tmp_path / "html" / "m.html")
+    html = path.read_text()
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?(https?:)?//", html)
+    assert "vit_tiny_mae" in html and "filter-norm, weights only" in html
+    assert repr(float(ds.loss.values[2, 5])) in html
+    assert repr(float(ds.accuracy.values[6, 1])) in html
+
+    trace = interactive.make_plotly_figure(ds, {"zmax": 3.0}).data[0]
+    loss = ds.loss.values
+    assert trace.z[5][2] == min(loss[2, 5], 3.0) and trace.z[6][0] is None and trace.z[6][8] is None
+    assert trace.customdata[1][6] == [loss[6, 1], ds.accuracy.values[6, 1]]
+    assert "accuracy" in trace.hovertemplate
+
+
+def test_vts_reads_back_with_alpha_fastest(tmp_path):
+    ds = surface(accuracy=True)
+    path = interactive.write_vts(ds, tmp_path / "vts" / "m.vts", {"zmax": 4.0})
+    grid = pv.read(path)
+    assert isinstance(grid, pv.StructuredGrid) and grid.dimensions == (9, 7, 1)
+    loss = ds.loss.values
+    for i, j in [(0, 0), (8, 0), (2, 5), (3, 6)]:
+        k = i + ALPHA.size * j
+        assert np.allclose(grid.points[k], (ALPHA[i], BETA[j], min(loss[i, j], 4.0)))
+        assert grid.point_data["loss"][k] == loss[i, j]
+        assert grid.point_data["accuracy"][k] == ds.accuracy.values[i, j]
+    for i, j in [(0, 6), (8, 6)]:  # NaN and inf lie flat at 0 and keep their raw value
+        assert grid.points[i + ALPHA.size * j][2] == 0.0
+    assert np.array_equal(grid.point_data["loss"], loss.ravel(order="F"), equal_nan=True)

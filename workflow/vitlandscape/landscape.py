@@ -1,0 +1,141 @@
+"""Landscape stages: directions, grid tiles, assembly, 1-D lines and interpolations.
+
+Each takes `settings`: the model's config entry plus `name`, `objective` and the
+`landscape` section, exactly as the rules pass them.
+"""
+import hashlib
+import json
+
+import numpy as np
+import timm
+import torch
+import xarray as xr
+
+import vitlandscape
+from vitlandscape import checkpoints, data, devices, directions, grid, objectives, surface
+
+# Settings that change how a surface is computed, not what it is.
+_RUNTIME_KEYS = ("batch_size", "device")
+
+
+def config_hash(settings: dict) -> str:
+    landscape = {k: v for k, v in settings["landscape"].items() if k not in _RUNTIME_KEYS}
+    content = json.dumps({**settings, "landscape": landscape}, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def versions() -> str:
+    return f"vitlandscape {vitlandscape.__version__}, torch {torch.__version__}, timm {timm.__version__}"
+
+
+def make_directions(settings: dict, checkpoint, out) -> dict:
+    ls = settings["landscape"]
+    model = objectives.load_model(settings["objective"], checkpoint, settings)
+    dirs = directions.make(model, ls["direction_seed"], ls["normalization"], ls["perturb_1d"],
+                           ls["perturb_frozen"], ls["orthogonal"])
+    metadata = {"model": settings["name"], "objective": settings["objective"],
+                "checkpoint_sha256": checkpoints.sha256(checkpoint), "seed": ls["direction_seed"],
+                "normalization": ls["normalization"], "perturb_1d": ls["perturb_1d"],
+                "perturb_frozen": ls["perturb_frozen"], "orthogonal": ls["orthogonal"]}
+    directions.save(dirs, out, metadata)
+    print(f"{len(dirs) // 2} perturbed tensors, "
+          f"{sum(v.numel() for k, v in dirs.items() if k.startswith('x.'))} weights -> {out}")
+    return dirs
+
+
+def _setup(settings: dict, data_path, checkpoint, directions_path):
+    """Objective, in-place perturbation and provenance attributes for one surface."""
+    ls = settings["landscape"]
+    device = devices.resolve(ls["device"])
+    prepared = data.load_prepared(data_path)
+    objective = objectives.build(settings["objective"], checkpoint, settings, prepared, ls["batch_size"],
+                                 ls["mask_seed"], device)
+    dirs, meta = directions.load(directions_path)
+    ckpt_sha = checkpoints.sha256(checkpoint)
+    if meta.get("checkpoint_sha256") not in (None, ckpt_sha):
+        raise ValueError(f"directions {directions_path} were made for checkpoint sha256 "
+                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {ckpt_sha}")
+    perturbation = surface.Perturbation(objective.model, dirs)
+    pretext = settings["objective"] == "pretext"
+    attrs = {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
+             "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
+             "directions_sha256": checkpoints.sha256(directions_path),
+             "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
+             "eval_samples": objective.info["eval_samples"],
+             "mask_seed": ls["mask_seed"] if pretext else "n/a",
+             "mask_ratio": settings["mask_ratio"] if pretext else "n/a",
+             "config_hash": config_hash(settings), "versions": versions(),
+             "normalization": ls["normalization"], "perturb_1d": int(ls["perturb_1d"]),
+             "perturb_frozen": int(ls["perturb_frozen"]), "orthogonal": int(ls["orthogonal"]),
+             "direction_seed": ls["direction_seed"], "perturbed_tensors": len(dirs["x"])}
+    return objective, perturbation, attrs
+
+
+def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: str, out) -> xr.Dataset:
+    ls = settings["landscape"]
+    objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
+    sa, sb = grid.tile_slices(tile, ls["alpha"], ls["beta"], ls["tile"])
+    alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
+    loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
+    ds = surface.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
+    surface.write_netcdf(ds, out)
+    print(f"tile {tile}: {loss.size} points, loss {np.nanmin(loss):.4f} .. {np.nanmax(loss):.4f} -> {out}")
+    return ds
+
+
+def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr.Dataset:
+    ls = settings["landscape"]
+    expected = {"checkpoint_sha256": checkpoints.sha256(checkpoint),
+                "directions_sha256": checkpoints.sha256(directions_path),
+                "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
+                "config_hash": config_hash(settings)}
+    ds = surface.assemble(tile_files, ls["alpha"], ls["beta"], ls["tile"], out, expected)
+    centre = ds.loss.sel(alpha=0, beta=0, method="nearest").item()
+    print(f"{out}: {ds.loss.shape} grid, centre loss {centre:.4f}, "
+          f"range {np.nanmin(ds.loss.values):.4f} .. {np.nanmax(ds.loss.values):.4f}")
+    return ds
+
+
+def line(settings: dict, data_path, checkpoint, directions_path, out) -> xr.Dataset:
+    """The 1-D landscape L(theta + t * dx) for t on `landscape.line`."""
+    objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
+    ts = grid.axis(settings["landscape"]["line"])
+    losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts], desc="line")
+    return _write_path(losses, accs, ts, "alpha", {**attrs, "grid": f"line={settings['landscape']['line']}"}, out)
+
+
+def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
+    """L((1 - t) theta_start + t theta_end) for t on the interpolation's `range`.
+
+    `start` / `end` are checkpoint files of the same architecture; weights are moved in place
+    along `theta_end - theta_start` (every parameter, buffers taken from `start`).
+    """
+    ls = settings["landscape"]
+    device = devices.resolve(ls["device"])
+    prepared = data.load_prepared(data_path)
+    objective = objectives.build(settings["objective"], start, settings, prepared, ls["batch_size"],
+                                 ls["mask_seed"], device)
+    end_model = objectives.load_model(settings["objective"], end, settings)
+    theta0 = dict(objective.model.named_parameters())
+    if set(theta0) != set(dict(end_model.named_parameters())):
+        raise ValueError(f"interpolation {settings['interpolation']}: {start} and {end} have different parameters")
+    delta = {name: p.detach().cpu() - theta0[name].detach().cpu() for name, p in end_model.named_parameters()}
+    zeros = {name: torch.zeros_like(d) for name, d in delta.items()}
+    perturbation = surface.Perturbation(objective.model, {"x": delta, "y": zeros})
+    ts = grid.axis(settings["range"])
+    losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts],
+                                           desc="interpolation")
+    attrs = {"name": settings["interpolation"], "objective": settings["objective"], "start": str(start),
+             "end": str(end), "start_sha256": checkpoints.sha256(start), "end_sha256": checkpoints.sha256(end),
+             "eval_samples": objective.info["eval_samples"], "versions": versions()}
+    return _write_path(losses, accs, ts, "t", attrs, out)
+
+
+def _write_path(losses, accs, coords, dim: str, attrs: dict, out) -> xr.Dataset:
+    data_vars = {"loss": ((dim,), losses)}
+    if not np.all(np.isnan(accs)):
+        data_vars["accuracy"] = ((dim,), accs)
+    ds = xr.Dataset(data_vars, coords={dim: coords}, attrs=attrs)
+    surface.write_netcdf(ds, out)
+    print(f"{out}: {len(coords)} points, loss {np.nanmin(losses):.4f} .. {np.nanmax(losses):.4f}")
+    return ds

@@ -1,0 +1,96 @@
+"""What the landscape measures: L(theta) for one trained model on the fixed evaluation set.
+
+pretext     MAE reconstruction loss with the fixed per-image masks of `mask_seed`
+probe       cross-entropy (and top-1) of the linear-probed model
+finetune    cross-entropy (and top-1) of the fine-tuned model
+supervised  cross-entropy (and top-1) of the supervised ViT
+
+`Objective.evaluate()` runs the model as its weights are now, so callers move the weights
+in place and call it again; results do not depend on the batch size.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from vitlandscape import checkpoints
+from vitlandscape.masking import eval_noise
+from vitlandscape.models.arch import build_mae
+from vitlandscape.models.classifier import build_classifier
+
+CLASSIFICATION = ("probe", "finetune", "supervised")
+
+
+@dataclass
+class Objective:
+    name: str
+    model: torch.nn.Module
+    batches: list = field(repr=False)
+    info: dict = field(default_factory=dict)
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, top-1 accuracy); accuracy is NaN for the pretext loss."""
+        if self.name == "pretext":
+            return self._pretext()
+        return self._classification()
+
+    def _pretext(self):
+        model, ratio = self.model, self.info["mask_ratio"]
+        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
+        count = 0.0
+        for images, noise, target in self.batches:
+            latent, mask, ids_restore = model.forward_encoder(images, ratio, noise)
+            pred = model.forward_decoder(latent, ids_restore)
+            total += (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
+            count += mask.sum().item()
+        return (total / count).item(), float("nan")
+
+    def _classification(self):
+        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
+        correct, count = 0, 0
+        for images, labels in self.batches:
+            logits = self.model(images).float()
+            total += F.cross_entropy(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            count += len(labels)
+        return (total / count).item(), correct / count
+
+
+def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
+    """The trained model behind an objective, in eval mode (strict key matching)."""
+    ckpt = checkpoints.load(checkpoint)
+    if objective == "pretext":
+        model = build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
+        state = checkpoints.state_dict_from(ckpt, checkpoint, prefer=model_cfg.get("downstream_weights", "teacher"))
+    else:
+        if ckpt.get("kind") != "classifier":
+            raise checkpoints.CheckpointError(
+                f"checkpoint {checkpoint} is not a classifier (objective {objective} needs one)")
+        model = build_classifier(ckpt["arch"], ckpt["num_classes"], ckpt["head"])
+        state = ckpt["model"]
+    checkpoints.load_into(model, state, what=f"checkpoint {checkpoint}")
+    return model.eval()
+
+
+def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_size: int,
+          mask_seed: int, device: torch.device) -> Objective:
+    """Model and evaluation batches, all on `device`, for one objective."""
+    model = load_model(objective, checkpoint, model_cfg).to(device)
+    index = prepared["eval_index"]
+    images = prepared["train_images"][index].to(device)
+    info = {"eval_samples": len(index)}
+    batches = []
+    if objective == "pretext":
+        noise = eval_noise(len(index), model.patch_embed.num_patches, mask_seed).to(device)
+        info.update(mask_seed=mask_seed, mask_ratio=model_cfg["mask_ratio"])
+        with torch.inference_mode():
+            for i in range(0, len(index), batch_size):
+                x = images[i:i + batch_size]
+                batches.append((x, noise[i:i + batch_size], model.targets(x)))
+    elif objective in CLASSIFICATION:
+        labels = prepared["train_labels"][index].to(device)
+        batches = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(index), batch_size)]
+    else:
+        raise ValueError(f"unknown objective {objective!r}")
+    return Objective(objective, model, batches, info)
