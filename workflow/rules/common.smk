@@ -29,6 +29,9 @@ LANDSCAPE_GPU = 1 if LANDSCAPE["device"] == "cuda" else 0
 TILES = grid.tile_names(LANDSCAPE["alpha"], LANDSCAPE["beta"], LANDSCAPE["tile"])
 SURFACES = [(name, objective) for name, m in MODELS.items() for objective in configcheck.objectives(m)]
 INTERPOLATIONS = {i["name"]: i for i in LANDSCAPE["interpolations"]}
+FIGURES = config["figures"]
+FORMATS = FIGURES["formats"]
+COMPARISONS = {c["name"]: c for c in FIGURES["compare"]}
 
 
 wildcard_constraints:
@@ -48,6 +51,7 @@ STAGE_MODULES = {
     "train": _COMMON + _MODELS + ["train.py"],
     "table": _COMMON,
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py"],
+    "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
 }
 
 
@@ -142,6 +146,29 @@ def accuracy_inputs():
     return files + [f"results/checkpoints/{n}/pretrain.pt" for n in supervised()]
 
 
+def figure_settings():
+    """The figure options (not the list of comparisons): only figure rules depend on them."""
+    return as_json({k: v for k, v in FIGURES.items() if k != "compare"})
+
+
+def comparison_surfaces(w):
+    return [f"results/surfaces/{s}.zarr" for s in COMPARISONS[w.name]["surfaces"]]
+
+
+def figure_targets():
+    files = []
+    for name, objective in SURFACES:
+        prefix = f"results/figures/{name}/{objective}"
+        files += expand(prefix + "_{kind}.{fmt}", kind=["3d", "contour", "slices"], fmt=FORMATS)
+        files += [f"{prefix}.html", f"{prefix}.vts"]
+        if objective != "pretext":
+            files += expand(prefix + "_accuracy.{fmt}", fmt=FORMATS)
+    for name in COMPARISONS:
+        files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=name, kind=["compare", "basins"],
+                        fmt=FORMATS)
+    return files
+
+
 def surface_targets():
     return [f"results/surfaces/{name}/{objective}.zarr" for name, objective in SURFACES]
 
@@ -149,7 +176,8 @@ def surface_targets():
 def all_targets():
     return (["results/metrics/accuracy.csv"] + surface_targets()
             + [f"results/lines/{name}/{objective}.nc" for name, objective in SURFACES]
-            + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS])
+            + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS]
+            + figure_targets() + ["results/config.yaml"])
 
 
 def finished_message():

@@ -59,7 +59,7 @@ rule accuracy_table:
     input:
         accuracy_inputs(),
     output:
-        "results/metrics/accuracy.csv",
+        report("results/metrics/accuracy.csv", caption="../report/accuracy_table.rst", category="Accuracy"),
     params:
         metrics=lambda w, input: [f for f in input if f.endswith(".json")],
         supervised=[f"{n}=results/checkpoints/{n}/pretrain.pt" for n in supervised()],

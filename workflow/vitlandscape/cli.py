@@ -80,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("plot-surface", help="3-D, contour, slice (and accuracy) figures, HTML and VTS")
+    _common(p, data=False)
+    p.add_argument("--surface", required=True, help="Zarr surface")
+    p.add_argument("--prefix", required=True, help="output path prefix of the static figures")
+    p.add_argument("--html", required=True)
+    p.add_argument("--vts", required=True)
+
+    p = sub.add_parser("plot-accuracy", help="accuracy landscape of a classification surface")
+    _common(p, data=False)
+    p.add_argument("--surface", required=True, help="Zarr surface")
+    p.add_argument("--prefix", required=True)
+
+    p = sub.add_parser("plot-compare", help="side-by-side surfaces and basin overlay")
+    _common(p, data=False)
+    p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces")
+    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--title", default=None)
+    p.add_argument("--prefix", required=True)
+
     p = sub.add_parser("accuracy-table", help="collect accuracies into one CSV")
     p.add_argument("--metrics", nargs="*", default=[], help="probe/finetune JSON files")
     p.add_argument("--supervised", nargs="*", default=[], metavar="NAME=CHECKPOINT")
@@ -91,7 +110,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    from vitlandscape import landscape, stages
+    from vitlandscape import landscape, plots, stages
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
@@ -109,6 +128,12 @@ def main(argv=None) -> None:
         landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "interpolate":
         landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
+    elif args.stage == "plot-surface":
+        plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
+    elif args.stage == "plot-accuracy":
+        plots.accuracy_figure(args.settings, args.surface, args.prefix)
+    elif args.stage == "plot-compare":
+        plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)

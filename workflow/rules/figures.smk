@@ -1,0 +1,139 @@
+# Figures: per-surface 3-D / contour / slices / accuracy, interactive HTML and VTS exports,
+# comparison panels and basin overlays. Only these rules depend on the `figures` config.
+
+
+rule surface_figures:
+    input:
+        "results/surfaces/{model}/{objective}.zarr",
+    output:
+        surface=report(
+            expand("results/figures/{{model}}/{{objective}}_3d.{fmt}", fmt=FORMATS),
+            caption="../report/surface_3d.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "3-D surface"},
+        ),
+        contour=report(
+            expand("results/figures/{{model}}/{{objective}}_contour.{fmt}", fmt=FORMATS),
+            caption="../report/surface_contour.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "contours"},
+        ),
+        slices=report(
+            expand("results/figures/{{model}}/{{objective}}_slices.{fmt}", fmt=FORMATS),
+            caption="../report/surface_slices.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "1-D slices"},
+        ),
+        html="results/figures/{model}/{objective}.html",
+        vts="results/figures/{model}/{objective}.vts",
+    params:
+        settings=figure_settings(),
+        prefix="results/figures/{model}/{objective}",
+        code=code_hash("figures"),
+    log:
+        "results/logs/surface_figures/{model}/{objective}.log",
+    benchmark:
+        "results/benchmarks/surface_figures/{model}/{objective}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "{VL} plot-surface --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
+        " --html {output.html} --vts {output.vts} > {log} 2>&1"
+
+
+rule accuracy_figure:
+    """The accuracy landscape of classification objectives."""
+    input:
+        "results/surfaces/{model}/{objective}.zarr",
+    output:
+        report(
+            expand("results/figures/{{model}}/{{objective}}_accuracy.{fmt}", fmt=FORMATS),
+            caption="../report/accuracy.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "accuracy"},
+        ),
+    wildcard_constraints:
+        objective="probe|finetune|supervised",
+    params:
+        settings=figure_settings(),
+        prefix="results/figures/{model}/{objective}",
+        code=code_hash("figures"),
+    log:
+        "results/logs/accuracy_figure/{model}/{objective}.log",
+    benchmark:
+        "results/benchmarks/accuracy_figure/{model}/{objective}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "{VL} plot-accuracy --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
+        " > {log} 2>&1"
+
+
+rule compare_figures:
+    input:
+        comparison_surfaces,
+    output:
+        compare=report(
+            expand("results/figures/compare/{{name}}_compare.{fmt}", fmt=FORMATS),
+            caption="../report/compare.rst",
+            category="Comparisons",
+            labels={"comparison": "{name}", "figure": "surfaces"},
+        ),
+        basins=report(
+            expand("results/figures/compare/{{name}}_basins.{fmt}", fmt=FORMATS),
+            caption="../report/basins.rst",
+            category="Comparisons",
+            labels={"comparison": "{name}", "figure": "basins"},
+        ),
+    params:
+        settings=figure_settings(),
+        labels=lambda w: COMPARISONS[w.name]["surfaces"],
+        title=lambda w: COMPARISONS[w.name].get("title", w.name),
+        prefix="results/figures/compare/{name}",
+        code=code_hash("figures"),
+    log:
+        "results/logs/compare_figures/{name}.log",
+    benchmark:
+        "results/benchmarks/compare_figures/{name}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "{VL} plot-compare --settings {params.settings:q} --surfaces {input} --labels {params.labels}"
+        " --title {params.title:q} --prefix {params.prefix} > {log} 2>&1"
+
+
+rule effective_config:
+    """The config as run, defaults filled in (for the report and for the record)."""
+    output:
+        report("results/config.yaml", caption="../report/config.rst", category="Configuration"),
+    params:
+        config=as_json(config),
+    log:
+        "results/logs/effective_config.log",
+    benchmark:
+        "results/benchmarks/effective_config.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    run:
+        import yaml
+
+        Path(output[0]).write_text(yaml.safe_dump(json.loads(params.config), sort_keys=False))
+        Path(log[0]).write_text(f"wrote {output[0]}\n")
