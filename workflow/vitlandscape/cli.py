@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.add_argument("--prefix", required=True)
 
+    p = sub.add_parser("bench-grid", help="points/s of the tile engine vs plain forward passes")
+    p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
+    p.add_argument("--data", default=None, help="prepared data (default: results/data/<dataset>.pt)")
+    p.add_argument("--points", type=int, default=121, help="grid points per objective")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+
     p = sub.add_parser("accuracy-table", help="collect accuracies into one CSV")
     p.add_argument("--metrics", nargs="*", default=[], help="probe/finetune JSON files")
     p.add_argument("--supervised", nargs="*", default=[], metavar="NAME=CHECKPOINT")
@@ -134,6 +141,26 @@ def main(argv=None) -> None:
         plots.accuracy_figure(args.settings, args.surface, args.prefix)
     elif args.stage == "plot-compare":
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
+    elif args.stage == "bench-grid":
+        _bench(args)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)
+
+
+def _bench(args) -> None:
+    """Benchmark every surface of a finished run, on its trained checkpoints."""
+    import yaml
+
+    from vitlandscape import bench, configcheck
+    config = yaml.safe_load(Path(args.config).read_text())
+    data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
+    cases = []
+    for name, m in config["models"].items():
+        for objective in configcheck.objectives(m):
+            if objective in ("pretext", "supervised"):
+                ckpt = m["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
+            else:
+                ckpt = f"results/checkpoints/{name}/{objective}.pt"
+            cases.append(({**m, "name": name, "objective": objective}, ckpt))
+    bench.run(cases, data_path, args.points, config["landscape"]["batch_size"], args.device)
