@@ -38,6 +38,22 @@ def two_entries():
                                                        method="supervised", objective="supervised"))]
 
 
+def line(accuracy=True) -> xr.Dataset:
+    """A 1-D landscape along direction x, as the line stage writes it."""
+    loss = 1.0 + 3 * ALPHA ** 2
+    ds = xr.Dataset({"loss": (("alpha",), loss)}, coords={"alpha": ALPHA}, attrs=ATTRS)
+    if accuracy:
+        ds["accuracy"] = (("alpha",), 0.9 - 0.1 * ALPHA ** 2)
+    return ds
+
+
+def interpolation() -> xr.Dataset:
+    t = np.linspace(-0.25, 1.25, 13)
+    return xr.Dataset({"loss": (("t",), 1 + np.sin(np.pi * t) ** 2)}, coords={"t": t},
+                      attrs={"name": "mae_to_rcmae", "objective": "pretext", "start_model": "mae",
+                             "end_model": "rcmae", "eval_samples": 256})
+
+
 FIGURES = {
     "3d": (figures.make_surface_figure, figures.plot_surface, surface),
     "contour": (figures.make_contour_figure, figures.plot_contour, surface),
@@ -45,6 +61,7 @@ FIGURES = {
     "slices": (figures.make_slices_figure, figures.plot_slices, lambda: surface(accuracy=True)),
     "compare": (figures.make_comparison_figure, figures.plot_comparison, two_entries),
     "basins": (figures.make_basin_figure, figures.plot_basin_overlay, two_entries),
+    "path": (figures.make_path_figure, figures.plot_path, line),
 }
 
 
@@ -166,7 +183,19 @@ def test_titles_say_what_was_plotted():
         assert expected in title
     fig = figures.make_comparison_figure(two_entries(), FAST, title="MAE vs supervised")
     assert fig.get_suptitle().startswith("MAE vs supervised\n")
-    assert "supervised supervised loss" in fig.axes[2].get_title()
+    assert fig.axes[2].get_title().startswith("supervised (supervised ViT)")
+
+
+def test_path_figures_label_line_and_interpolation():
+    fig = figures.make_path_figure(line(accuracy=False), FAST)
+    assert fig.get_suptitle().startswith("vit_tiny_mae: mae pretext loss along direction x\n")
+    assert fig.axes[0].get_xlabel() == figures.ALPHA_LABEL and len(fig.axes) == 1
+    fig = figures.make_path_figure(interpolation(), FAST)
+    assert fig.get_suptitle().startswith("mae_to_rcmae: pretext loss from mae to rcmae")
+    assert fig.axes[0].get_xlabel().startswith("t (0: start, 1: end)")
+    x, y = fig.axes[0].lines[0].get_data()
+    np.testing.assert_allclose(y, interpolation().loss.values)
+    assert describe_overlaps(fig) == []
 
 
 def test_labels_of_directions_and_missing_attributes():
@@ -208,7 +237,7 @@ def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
     ax = fig.axes[0]
     levels = [list(c.levels) for c in ax.collections]
     assert levels == [[figures.centre_loss(ds) + 0.5] for _, ds in entries]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     fractions = [figures.basin_area_fraction(ds, 0.5) for _, ds in entries]
     assert labels == [f"wide: {fractions[0]:.1%} of grid", f"sharp: {fractions[1]:.1%} of grid"]
     assert fractions[0] > fractions[1] > 0
@@ -256,3 +285,13 @@ def test_vts_reads_back_with_alpha_fastest(tmp_path):
     for i, j in [(0, 6), (8, 6)]:  # NaN and inf lie flat at 0 and keep their raw value
         assert grid.points[i + ALPHA.size * j][2] == 0.0
     assert np.array_equal(grid.point_data["loss"], loss.ravel(order="F"), equal_nan=True)
+
+
+def test_text_overlaps_reports_tick_labels_that_run_together():
+    fig = Figure(figsize=(3, 2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlim(-1, 1)
+    assert describe_overlaps(fig) == []
+    ax.set_xticks(np.linspace(-1, 1, 15))
+    crowded = describe_overlaps(fig)
+    assert crowded and all(a.startswith(("−", "0", "1")) for a, _ in crowded)

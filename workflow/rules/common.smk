@@ -125,7 +125,7 @@ def line_settings(w):
 def interpolation_settings(w):
     spec = INTERPOLATIONS[w.name]
     settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device"])
-    return as_json({**settings, "interpolation": w.name, "range": spec["range"]})
+    return as_json({**settings, "interpolation": w.name, "end_model": spec["end"], "range": spec["range"]})
 
 
 def interpolation_checkpoints(w):
@@ -164,6 +164,8 @@ def figure_targets():
         files += [f"{prefix}.html", f"{prefix}.vts"]
         if objective != "pretext":
             files += expand(prefix + "_accuracy.{fmt}", fmt=FORMATS)
+        files += expand(prefix + "_line_path.{fmt}", fmt=FORMATS)
+    files += expand("results/figures/interpolations/{name}_path.{fmt}", name=INTERPOLATIONS, fmt=FORMATS)
     for name in COMPARISONS:
         files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=name, kind=["compare", "basins"],
                         fmt=FORMATS)

@@ -81,6 +81,63 @@ rule accuracy_figure:
         " > {log} 2>&1"
 
 
+rule line_figure:
+    input:
+        "results/lines/{model}/{objective}.nc",
+    output:
+        report(
+            expand("results/figures/{{model}}/{{objective}}_line_path.{fmt}", fmt=FORMATS),
+            caption="../report/line.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "1-D line"},
+        ),
+    params:
+        settings=figure_settings(),
+        prefix="results/figures/{model}/{objective}_line",
+        code=code_hash("figures"),
+    log:
+        "results/logs/line_figure/{model}/{objective}.log",
+    benchmark:
+        "results/benchmarks/line_figure/{model}/{objective}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "{VL} plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
+
+
+rule interpolation_figure:
+    input:
+        "results/interpolations/{name}.nc",
+    output:
+        report(
+            expand("results/figures/interpolations/{{name}}_path.{fmt}", fmt=FORMATS),
+            caption="../report/interpolation.rst",
+            category="Interpolations",
+            labels={"interpolation": "{name}"},
+        ),
+    params:
+        settings=figure_settings(),
+        prefix="results/figures/interpolations/{name}",
+        code=code_hash("figures"),
+    log:
+        "results/logs/interpolation_figure/{name}.log",
+    benchmark:
+        "results/benchmarks/interpolation_figure/{name}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "{VL} plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
+
+
 rule compare_figures:
     input:
         comparison_surfaces,

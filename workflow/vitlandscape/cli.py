@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surface", required=True, help="Zarr surface")
     p.add_argument("--prefix", required=True)
 
+    p = sub.add_parser("plot-path", help="figure of a 1-D landscape (line or interpolation)")
+    _common(p, data=False)
+    p.add_argument("--path", required=True, help="netCDF file of a line or interpolation")
+    p.add_argument("--prefix", required=True)
+
     p = sub.add_parser("plot-compare", help="side-by-side surfaces and basin overlay")
     _common(p, data=False)
     p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces")
@@ -139,6 +144,8 @@ def main(argv=None) -> None:
         plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
     elif args.stage == "plot-accuracy":
         plots.accuracy_figure(args.settings, args.surface, args.prefix)
+    elif args.stage == "plot-path":
+        plots.path_figure(args.settings, args.path, args.prefix)
     elif args.stage == "plot-compare":
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "bench-grid":

@@ -24,7 +24,7 @@ from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 DEFAULTS = {
     "zmax": None,  # clip displayed values above this (None: no clipping)
@@ -260,42 +260,49 @@ def _draw_contour(ax, ds: xr.Dataset, X, Y, Zd, scale: ColourScale, settings: di
     lines = ax.contour(X, Y, masked, levels=scale.levels, colors="black", linewidths=0.4, alpha=0.6)
     ax.clabel(lines, lines.levels[::2], fontsize=6, fmt="%.3g")
     _mark_centre(ax, ds)
+    _grid_axes(ax, ds)
+    return filled
+
+
+def _grid_axes(ax, ds: xr.Dataset) -> None:
+    """Axis labels, at most 5 ticks per axis, equal aspect when the ranges match."""
     ax.set_xlabel(ALPHA_LABEL)
     ax.set_ylabel(BETA_LABEL)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
     if _equal_ranges(ds):
         ax.set_aspect("equal")
-    return filled
 
 
 # --- figures -------------------------------------------------------------------------
 
 
-def make_surface_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
-    """One 3-D surface with a colorbar."""
+def _single_loss_figure(ds: xr.Dataset, settings: dict | None, three_d: bool) -> Figure:
+    """One panel of the loss (3-D surface or contours) with a colorbar and the title."""
     s = resolve_settings(settings)
     X, Y, Z = plot_grid(ds)
     Zd = display_values(Z, s)
     scale = colour_scale([Zd], s)
     fig = _new_figure((6.4, 5.2), s)
-    ax = fig.add_subplot(projection="3d")
-    surface = _draw_surface(ax, X, Y, Zd, scale, s)
-    _colorbar(fig, surface, ax, scale, value_label(s), pad=0.1)
+    if three_d:
+        ax = fig.add_subplot(projection="3d")
+        mappable = _draw_surface(ax, X, Y, Zd, scale, s)
+    else:
+        ax = fig.add_subplot()
+        mappable = _draw_contour(ax, ds, X, Y, Zd, scale, s)
+    _colorbar(fig, mappable, ax, scale, value_label(s), pad=0.1 if three_d else 0.05)
     _single_title(fig, ds)
     return fig
+
+
+def make_surface_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
+    """One 3-D surface with a colorbar."""
+    return _single_loss_figure(ds, settings, three_d=True)
 
 
 def make_contour_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
     """Filled and labelled line contours, centre marked."""
-    s = resolve_settings(settings)
-    X, Y, Z = plot_grid(ds)
-    Zd = display_values(Z, s)
-    scale = colour_scale([Zd], s)
-    fig = _new_figure((6.4, 5.2), s)
-    ax = fig.add_subplot()
-    filled = _draw_contour(ax, ds, X, Y, Zd, scale, s)
-    _colorbar(fig, filled, ax, scale, value_label(s))
-    _single_title(fig, ds)
-    return fig
+    return _single_loss_figure(ds, settings, three_d=False)
 
 
 def make_accuracy_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
@@ -317,26 +324,57 @@ def make_accuracy_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure
     return fig
 
 
+def _draw_profile(ax, coord, loss, accuracy, xlabel: str, s: dict) -> list[Line2D]:
+    """Loss along one coordinate (and accuracy on a twin axis when given); the lines."""
+    handles = ax.plot(coord, clip_values(loss, s), marker=".", color="C0", label="loss")
+    if s["log_scale"]:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.set_ylabel("loss" + (f" (clipped at {s['zmax']:g})" if s["zmax"] is not None else ""))
+    if accuracy is not None:
+        twin = ax.twinx()
+        handles += twin.plot(coord, 100 * accuracy, marker=".", linestyle="--", color="C1", label="accuracy")
+        twin.set_ylabel("accuracy (%)")
+    return handles
+
+
 def _draw_slice(ax, ds: xr.Dataset, dim: str, s: dict) -> list[Line2D]:
     """Loss (and accuracy on a twin axis) along ``dim`` through the centre; the lines."""
     i, j = centre_index(ds)
     other, index = ("beta", j) if dim == "alpha" else ("alpha", i)
     line = ds.isel({other: index})
-    coord = line[dim].values
-    handles = ax.plot(coord, clip_values(line["loss"].values, s), marker=".", color="C0", label="loss")
-    if s["log_scale"]:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(LogFormatter())
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
-    ax.set_xlabel(ALPHA_LABEL if dim == "alpha" else BETA_LABEL)
-    ax.set_ylabel("loss" + (f" (clipped at {s['zmax']:g})" if s["zmax"] is not None else ""))
+    accuracy = line["accuracy"].values if "accuracy" in ds else None
+    handles = _draw_profile(ax, line[dim].values, line["loss"].values, accuracy,
+                            ALPHA_LABEL if dim == "alpha" else BETA_LABEL, s)
     ax.set_title(f"along {dim} at {other} = {float(line[other]):g}", fontsize=9)
-    if "accuracy" in ds:
-        twin = ax.twinx()
-        handles += twin.plot(coord, 100 * line["accuracy"].values, marker=".", linestyle="--",
-                             color="C1", label="accuracy")
-        twin.set_ylabel("accuracy (%)")
     return handles
+
+
+def make_path_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
+    """A 1-D landscape: the line L(theta + t dx) (coordinate `alpha`) or the interpolation
+    L((1 - t) theta_start + t theta_end) (coordinate `t`)."""
+    s = resolve_settings(settings)
+    fig = _new_figure((6.4, 4.2), s)
+    ax = fig.add_subplot()
+    accuracy = ds["accuracy"].values if "accuracy" in ds else None
+    if "t" in ds.dims:
+        xlabel = "t (0: start, 1: end)"
+        title = (f"{_attr(ds, 'name')}: {_attr(ds, 'objective')} loss from {_attr(ds, 'start_model')} "
+                 f"to {_attr(ds, 'end_model')}")
+        details = [f"{_attr(ds, 'eval_samples')} eval samples", "straight path between the two weight vectors"]
+        coord = ds["t"].values
+    else:
+        xlabel, coord = ALPHA_LABEL, ds["alpha"].values
+        title = f"{_attr(ds, 'model')}: {_attr(ds, 'method')} {_attr(ds, 'objective')} loss along direction x"
+        details = [f"{coord.size} points", f"{_attr(ds, 'eval_samples')} eval samples", directions_label(ds)]
+    handles = _draw_profile(ax, coord, ds["loss"].values, accuracy, xlabel, s)
+    if len(handles) > 1:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    _suptitle(fig, title, details)
+    return fig
 
 
 def make_slices_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
@@ -350,12 +388,23 @@ def make_slices_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
     return fig
 
 
+METHOD_NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "supervised": "supervised ViT"}
+
+
 def _split_details(entries: list[tuple[str, xr.Dataset]]) -> tuple[list[str], list[list[str]]]:
-    """Labels shared by all entries, and each entry's own remaining labels."""
+    """Labels shared by all entries, and each entry's own remaining labels.
+
+    A column is headed by its entry label and method, so model and loss names (already in
+    the label) are not repeated there."""
     described = [describe(ds) for _, ds in entries]
     common = [k for k in described[0] if all(d[k] == described[0][k] for d in described)]
-    own = [[d[k] for k in d if k not in common] for d in described]
+    own = [[d[k] for k in d if k not in common and k not in ("model", "loss")] for d in described]
     return [described[0][k] for k in common], own
+
+
+def _column_title(label: str, ds: xr.Dataset) -> str:
+    method = _attr(ds, "method")
+    return f"{label} ({METHOD_NAMES.get(method, method)})"
 
 
 def make_comparison_figure(entries: list[tuple[str, xr.Dataset]], settings: dict | None = None,
@@ -373,7 +422,7 @@ def make_comparison_figure(entries: list[tuple[str, xr.Dataset]], settings: dict
     for col, ((label, ds), (X, Y, _), Zd) in enumerate(zip(entries, grids, shown)):
         top = fig.add_subplot(2, n, col + 1, projection="3d")
         _draw_surface(top, X, Y, Zd, scale, s)
-        top.set_title(_wrap([label, *own[col]], 3.4, 8), fontsize=8)
+        top.set_title(_wrap([_column_title(label, ds), *own[col]], 3.4, 8), fontsize=8)
         filled = _draw_contour(fig.add_subplot(2, n, n + col + 1), ds, X, Y, Zd, scale, s)
     _colorbar(fig, filled, fig.axes, scale, value_label(s), pad=0.08)
     _suptitle(fig, title or " vs ".join(label for label, _ in entries), common)
@@ -419,11 +468,8 @@ def make_basin_figure(entries: list[tuple[str, xr.Dataset]], settings: dict | No
     _mark_centre(ax, entries[0][1])
     ax.set_xlim(X.min(), X.max())
     ax.set_ylim(Y.min(), Y.max())
-    ax.set_xlabel(ALPHA_LABEL)
-    ax.set_ylabel(BETA_LABEL)
-    if _equal_ranges(entries[0][1]):
-        ax.set_aspect("equal")
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    _grid_axes(ax, entries[0][1])
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=min(len(handles), 2))
     common, _ = _split_details(entries)
     _suptitle(fig, f"Basins: loss ≤ centre loss + {delta:g}", common)
     return fig
@@ -460,6 +506,10 @@ def plot_slices(ds: xr.Dataset, prefix: Path | str, settings: dict | None = None
     return save_figure(make_slices_figure(ds, settings), prefix, "slices", settings)
 
 
+def plot_path(ds: xr.Dataset, prefix: Path | str, settings: dict | None = None) -> list[Path]:
+    return save_figure(make_path_figure(ds, settings), prefix, "path", settings)
+
+
 def plot_comparison(entries: list[tuple[str, xr.Dataset]], prefix: Path | str,
                     settings: dict | None = None, title: str | None = None) -> list[Path]:
     return save_figure(make_comparison_figure(entries, settings, title), prefix, "compare", settings)
@@ -470,8 +520,10 @@ def plot_basin_overlay(entries: list[tuple[str, xr.Dataset]], prefix: Path | str
     return save_figure(make_basin_figure(entries, settings), prefix, "basins", settings)
 
 
-def _drawn_texts(artist, owner: Axes | None = None) -> list[tuple[Text, Axes | None]]:
-    """Visible, non-empty texts under ``artist``, each with the axes it belongs to.
+def _drawn_texts(artist, owner: Axes | None = None,
+                 axis: Axis | None = None) -> list[tuple[Text, Axes | None, Axis | None]]:
+    """Visible, non-empty texts under ``artist``, each with the axes it belongs to and,
+    for tick labels, the axis.
 
     Invisible subtrees are skipped, an axis contributes only the ticks it draws,
     and contour labels are left out (they sit on their lines by design).
@@ -479,20 +531,23 @@ def _drawn_texts(artist, owner: Axes | None = None) -> list[tuple[Text, Axes | N
     if not artist.get_visible():
         return []
     if isinstance(artist, Text):
-        return [(artist, owner)] if artist.get_text().strip() else []
+        return [(artist, owner, axis)] if artist.get_text().strip() else []
     if isinstance(artist, Axis):
-        children = [artist.label, artist.offsetText, *artist._update_ticks()]  # private: ticks drawn
-    elif isinstance(artist, Axes):
+        return (_drawn_texts(artist.label, owner) + _drawn_texts(artist.offsetText, owner)
+                + [found for tick in artist._update_ticks()  # private: the ticks drawn
+                   for found in _drawn_texts(tick, owner, artist)])
+    if isinstance(artist, Axes):
         owner = artist
         clabels = {t for c in artist.collections if isinstance(c, ContourSet) for t in c.labelTexts}
         children = [c for c in artist.get_children() if c not in clabels]
     else:
         children = artist.get_children()
-    return [found for child in children for found in _drawn_texts(child, owner)]
+    return [found for child in children for found in _drawn_texts(child, owner, axis)]
 
 
-def _intersect(a, b) -> bool:
-    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+def _intersect(a, b, gap: float = 0.0) -> bool:
+    """Whether two boxes overlap or come closer than `gap` pixels."""
+    return min(a.x1, b.x1) + gap > max(a.x0, b.x0) and min(a.y1, b.y1) + gap > max(a.y0, b.y0)
 
 
 def text_overlaps(fig: Figure) -> list[tuple[Text, Text | Axes]]:
@@ -504,9 +559,11 @@ def text_overlaps(fig: Figure) -> list[tuple[Text, Text | Axes]]:
     fig.canvas.draw()
     texts = _drawn_texts(fig)
     fig.canvas.draw()  # listing ticks resets 3-D tick label positions; place them again
-    boxes = {text: text.get_window_extent() for text, _ in texts}
+    boxes = {text: text.get_window_extent() for text, _, _ in texts}
     flat = [ax for ax in fig.axes if ax.name != "3d"]
-    overlaps = [(a, b) for (a, _), (b, _) in itertools.combinations(texts, 2) if _intersect(boxes[a], boxes[b])]
-    overlaps += [(text, ax) for text, owner in texts for ax in flat
+    gap = 2 * fig.dpi / 72  # tick labels of one axis closer than 2 pt read as one number
+    overlaps = [(a, b) for (a, _, axis_a), (b, _, axis_b) in itertools.combinations(texts, 2)
+                if _intersect(boxes[a], boxes[b], gap if axis_a is not None and axis_a is axis_b else 0.0)]
+    overlaps += [(text, ax) for text, owner, _ in texts for ax in flat
                  if ax is not owner and _intersect(boxes[text], ax.get_window_extent())]
     return overlaps

@@ -28,6 +28,16 @@ def accuracy_figure(settings: dict, surface_path, prefix) -> list:
     return written
 
 
+def path_figure(settings: dict, path_file, prefix) -> list:
+    """Figure of a 1-D landscape (line or interpolation, netCDF)."""
+    with xr.open_dataset(path_file, engine="scipy") as ds:
+        ds.load()
+    written = figures.plot_path(ds, prefix, settings)
+    for path in written:
+        print(path)
+    return written
+
+
 def comparison_figures(settings: dict, surface_paths, labels, prefix, title=None) -> list:
     if len(labels) != len(surface_paths):
         raise ValueError(f"{len(surface_paths)} surfaces but {len(labels)} labels")
