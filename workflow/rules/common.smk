@@ -11,8 +11,12 @@ LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
 from vitlandscape import configcheck, grid  # noqa: E402
 
-# Every job runs the library from this checkout: `python -m vitlandscape STAGE ...`.
-VL = f"PYTHONPATH={LIBDIR}${{PYTHONPATH:+:$PYTHONPATH}} python -m vitlandscape"
+# Every job runs the library from this checkout: `python -m vitlandscape STAGE ...`, with the
+# conda environment's python under --software-deployment-method conda, else with the python
+# running Snakemake (so `.venv/bin/snakemake` works without activating the venv).
+_CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
+_PYTHON = "python" if _CONDA else sys.executable
+VL = f"PYTHONPATH={LIBDIR}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m vitlandscape"
 ENV = "../../envs/vitlandscape.yaml"
 
 config = copy.deepcopy(config)  # defaults filled by validate() may be shared objects
