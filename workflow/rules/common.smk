@@ -161,18 +161,15 @@ def comparison_surfaces(w):
 
 
 def figure_targets():
+    kinds = ["3d", "contour", "slices", "line_path"]
     files = []
     for name, objective in SURFACES:
-        prefix = f"results/figures/{name}/{objective}"
-        files += expand(prefix + "_{kind}.{fmt}", kind=["3d", "contour", "slices"], fmt=FORMATS)
-        files += [f"{prefix}.html", f"{prefix}.vts"]
-        if objective != "pretext":
-            files += expand(prefix + "_accuracy.{fmt}", fmt=FORMATS)
-        files += expand(prefix + "_line_path.{fmt}", fmt=FORMATS)
+        surface_kinds = kinds + (["accuracy"] if objective != "pretext" else [])
+        files += expand(f"results/figures/{name}/{objective}_{{kind}}.{{fmt}}", kind=surface_kinds, fmt=FORMATS)
+        files += [f"results/figures/{name}/{objective}.html", f"results/figures/{name}/{objective}.vts"]
     files += expand("results/figures/interpolations/{name}_path.{fmt}", name=INTERPOLATIONS, fmt=FORMATS)
-    for name in COMPARISONS:
-        files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=name, kind=["compare", "basins"],
-                        fmt=FORMATS)
+    files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=COMPARISONS, kind=["compare", "basins"],
+                    fmt=FORMATS)
     return files
 
 
