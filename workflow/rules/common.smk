@@ -11,12 +11,17 @@ LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
 from vitlandscape import configcheck, grid  # noqa: E402
 
-# Every job runs the library from this checkout: `python -m vitlandscape STAGE ...`, with the
-# conda environment's python under --software-deployment-method conda, else with the python
-# running Snakemake (so `.venv/bin/snakemake` works without activating the venv).
+# Every job runs the library from this checkout through the shell function `vitlandscape`
+# (`python -m vitlandscape STAGE ...`): with the conda environment's python under
+# --software-deployment-method conda, else with the python running Snakemake (so
+# `.venv/bin/snakemake` works without activating the venv). Where the interpreter lives
+# is not a result-relevant parameter, so it stays out of params.
 _CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
 _PYTHON = "python" if _CONDA else sys.executable
-VL = f"PYTHONPATH={LIBDIR}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m vitlandscape"
+_FUNCTION = (f"vitlandscape() {{ PYTHONPATH='{LIBDIR}'${{PYTHONPATH:+:$PYTHONPATH}} "
+             f"'{_PYTHON}' -m vitlandscape \"$@\"; }}; ")
+_ESCAPED = _FUNCTION.replace("{", "{{").replace("}", "}}")  # the prefix is formatted like a command
+shell.prefix(f"set -euo pipefail; {_ESCAPED}")
 ENV = "../../envs/vitlandscape.yaml"
 
 config = copy.deepcopy(config)  # defaults filled by validate() may be shared objects
@@ -53,7 +58,7 @@ _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/clas
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
     "prepare_data": _COMMON,
-    "train": _COMMON + _MODELS + ["train.py"],
+    "train": _COMMON + _MODELS + ["train.py", "objectives.py"],
     "table": _COMMON,
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py"],
     "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
@@ -149,6 +154,12 @@ def supervised():
 def accuracy_inputs():
     files = [f"results/checkpoints/{n}/{stage}.json" for n in self_supervised() for stage in ("probe", "finetune")]
     return files + [f"results/checkpoints/{n}/pretrain.pt" for n in supervised()]
+
+
+def figure_prefix(wildcards, output):
+    """`results/figures/mae/pretext` from `results/figures/mae/pretext_3d.png`: the plotting
+    stages write `{prefix}_{kind}.{format}`."""
+    return str(output[0]).rsplit("_", 1)[0]
 
 
 def figure_settings():

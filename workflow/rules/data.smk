@@ -15,4 +15,4 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "{VL} prepare-data --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "vitlandscape prepare-data --settings {params.settings:q} --out {output} > {log} 2>&1"

@@ -31,7 +31,7 @@ rule surface_figures:
         vts="results/figures/{model}/{objective}.vts",
     params:
         settings=figure_settings(),
-        prefix="results/figures/{model}/{objective}",
+        prefix=figure_prefix,
         code=code_hash("figures"),
     log:
         "results/logs/surface_figures/{model}/{objective}.log",
@@ -44,7 +44,7 @@ rule surface_figures:
     conda:
         ENV
     shell:
-        "{VL} plot-surface --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
+        "vitlandscape plot-surface --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
         " --html {output.html} --vts {output.vts} > {log} 2>&1"
 
 
@@ -64,7 +64,7 @@ rule accuracy_figure:
         objective="probe|finetune|supervised",
     params:
         settings=figure_settings(),
-        prefix="results/figures/{model}/{objective}",
+        prefix=figure_prefix,
         code=code_hash("figures"),
     log:
         "results/logs/accuracy_figure/{model}/{objective}.log",
@@ -77,7 +77,7 @@ rule accuracy_figure:
     conda:
         ENV
     shell:
-        "{VL} plot-accuracy --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
+        "vitlandscape plot-accuracy --settings {params.settings:q} --surface {input} --prefix {params.prefix}"
         " > {log} 2>&1"
 
 
@@ -94,7 +94,7 @@ rule line_figure:
         ),
     params:
         settings=figure_settings(),
-        prefix="results/figures/{model}/{objective}_line",
+        prefix=figure_prefix,
         code=code_hash("figures"),
     log:
         "results/logs/line_figure/{model}/{objective}.log",
@@ -107,7 +107,7 @@ rule line_figure:
     conda:
         ENV
     shell:
-        "{VL} plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
+        "vitlandscape plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
 
 
 rule interpolation_figure:
@@ -122,7 +122,7 @@ rule interpolation_figure:
         ),
     params:
         settings=figure_settings(),
-        prefix="results/figures/interpolations/{name}",
+        prefix=figure_prefix,
         code=code_hash("figures"),
     log:
         "results/logs/interpolation_figure/{name}.log",
@@ -135,7 +135,7 @@ rule interpolation_figure:
     conda:
         ENV
     shell:
-        "{VL} plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
+        "vitlandscape plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
 
 
 rule compare_figures:
@@ -158,7 +158,7 @@ rule compare_figures:
         settings=figure_settings(),
         labels=lambda w: COMPARISONS[w.name]["surfaces"],
         title=lambda w: COMPARISONS[w.name].get("title", w.name),
-        prefix="results/figures/compare/{name}",
+        prefix=figure_prefix,
         code=code_hash("figures"),
     log:
         "results/logs/compare_figures/{name}.log",
@@ -171,7 +171,7 @@ rule compare_figures:
     conda:
         ENV
     shell:
-        "{VL} plot-compare --settings {params.settings:q} --surfaces {input} --labels {params.labels}"
+        "vitlandscape plot-compare --settings {params.settings:q} --surfaces {input} --labels {params.labels}"
         " --title {params.title:q} --prefix {params.prefix} > {log} 2>&1"
 
 
@@ -189,8 +189,7 @@ rule effective_config:
     resources:
         mem_mb=500,
         runtime=5,
-    run:
-        import yaml
-
-        Path(output[0]).write_text(yaml.safe_dump(json.loads(params.config), sort_keys=False))
-        Path(log[0]).write_text(f"wrote {output[0]}\n")
+    conda:
+        ENV
+    shell:
+        "vitlandscape write-config --settings {params.config:q} --out {output} > {log} 2>&1"

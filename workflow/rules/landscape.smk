@@ -20,7 +20,7 @@ rule directions:
     conda:
         ENV
     shell:
-        "{VL} directions --settings {params.settings:q} --checkpoint {input.checkpoint} --out {output}"
+        "vitlandscape directions --settings {params.settings:q} --checkpoint {input.checkpoint} --out {output}"
         " > {log} 2>&1"
 
 
@@ -46,7 +46,7 @@ rule surface_tile:
     conda:
         ENV
     shell:
-        "{VL} surface-tile --settings {params.settings:q} --data {input.data} --checkpoint {input.checkpoint}"
+        "vitlandscape surface-tile --settings {params.settings:q} --data {input.data} --checkpoint {input.checkpoint}"
         " --directions {input.directions} --tile {wildcards.tile} --out {output}"
         " --threads {threads} > {log} 2>&1"
 
@@ -72,7 +72,7 @@ rule assemble:
     conda:
         ENV
     shell:
-        "{VL} assemble --settings {params.settings:q} --checkpoint {input.checkpoint}"
+        "vitlandscape assemble --settings {params.settings:q} --checkpoint {input.checkpoint}"
         " --directions {input.directions} --tiles {input.tiles} --out {output} > {log} 2>&1"
 
 
@@ -98,7 +98,7 @@ rule line:
     conda:
         ENV
     shell:
-        "{VL} line --settings {params.settings:q} --data {input.data} --checkpoint {input.checkpoint}"
+        "vitlandscape line --settings {params.settings:q} --data {input.data} --checkpoint {input.checkpoint}"
         " --directions {input.directions} --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -123,5 +123,5 @@ rule interpolate:
     conda:
         ENV
     shell:
-        "{VL} interpolate --settings {params.settings:q} --data {input.data} --start {input.start}"
+        "vitlandscape interpolate --settings {params.settings:q} --data {input.data} --start {input.start}"
         " --end {input.end} --out {output} --threads {threads} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule pretrain:
         "results/checkpoints/{model}/pretrain.pt",
     params:
         settings=lambda w: stage_settings(w.model, "pretrain"),
+        device=config["device"],
         code=code_hash("train"),
     log:
         "results/logs/pretrain/{model}.log",
@@ -21,8 +22,8 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "{VL} pretrain --settings {params.settings:q} --data {input.data} --out {output}"
-        " --threads {threads} --device {config[device]} > {log} 2>&1"
+        "vitlandscape pretrain --settings {params.settings:q} --data {input.data} --out {output}"
+        " --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule downstream:
@@ -37,6 +38,7 @@ rule downstream:
         stage="probe|finetune",
     params:
         settings=lambda w: stage_settings(w.model, w.stage),
+        device=config["device"],
         code=code_hash("train"),
     log:
         "results/logs/{stage}/{model}.log",
@@ -50,9 +52,9 @@ rule downstream:
     conda:
         ENV
     shell:
-        "{VL} {wildcards.stage} --settings {params.settings:q} --data {input.data}"
+        "vitlandscape {wildcards.stage} --settings {params.settings:q} --data {input.data}"
         " --checkpoint {input.checkpoint} --out {output.checkpoint} --metrics {output.metrics}"
-        " --threads {threads} --device {config[device]} > {log} 2>&1"
+        " --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule accuracy_table:
@@ -75,5 +77,5 @@ rule accuracy_table:
     conda:
         ENV
     shell:
-        "{VL} accuracy-table --metrics {params.metrics} --supervised {params.supervised}"
+        "vitlandscape accuracy-table --metrics {params.metrics} --supervised {params.supervised}"
         " --out {output} > {log} 2>&1"

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
+    p = sub.add_parser("write-config", help="write the effective config (JSON settings) as YAML")
+    p.add_argument("--settings", type=settings_arg, required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("accuracy-table", help="collect accuracies into one CSV")
     p.add_argument("--metrics", nargs="*", default=[], help="probe/finetune JSON files")
     p.add_argument("--supervised", nargs="*", default=[], metavar="NAME=CHECKPOINT")
@@ -150,9 +154,19 @@ def main(argv=None) -> None:
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "bench-grid":
         _bench(args)
+    elif args.stage == "write-config":
+        _write_config(args.settings, args.out)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)
+
+
+def _write_config(config: dict, out) -> None:
+    import yaml
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"wrote {out}")
 
 
 def _bench(args) -> None:
