@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 
-from vitlandscape import checkpoints, stages
+from vitlandscape import checkpoints, objectives, stages
 from vitlandscape.checkpoints import CheckpointError
 from vitlandscape.models.arch import build_mae
 from conftest import model_settings
@@ -20,7 +20,7 @@ def test_official_format_loads(tmp_path, mae_state):
     path = tmp_path / "mae_visualize_vit_tiny.pth"
     args = argparse.Namespace(model="mae_vit_tiny", norm_pix_loss=False, mask_ratio=0.75)
     torch.save({"model": mae_state, "optimizer": {}, "epoch": 399, "args": args}, path)
-    model = stages.load_mae(path, model_settings())
+    model = objectives.load_mae(path, model_settings())
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, mae_state[key])
 
@@ -30,9 +30,9 @@ def test_rcmae_release_format_loads_teacher_or_student(tmp_path, mae_state):
     teacher = {f"module.{k}": v for k, v in mae_state.items()}
     path = tmp_path / "rc_mae.pth"
     torch.save({"student": student, "teacher": teacher, "epoch": 1}, path)
-    loaded = stages.load_mae(path, model_settings()).state_dict()
+    loaded = objectives.load_mae(path, model_settings()).state_dict()
     torch.testing.assert_close(loaded["cls_token"], mae_state["cls_token"])
-    loaded = stages.load_mae(path, model_settings(downstream_weights="student")).state_dict()
+    loaded = objectives.load_mae(path, model_settings(downstream_weights="student")).state_dict()
     torch.testing.assert_close(loaded["cls_token"], mae_state["cls_token"] + 1)
 
 
@@ -43,7 +43,7 @@ def test_workflow_checkpoint_loads(tmp_path, npz_dataset):
     for method in ("mae", "rcmae"):
         cfg = model_settings(method)
         ckpt = stages.pretrain(cfg, data_file, tmp_path / f"{method}.pt")
-        model = stages.load_mae(tmp_path / f"{method}.pt", cfg)
+        model = objectives.load_mae(tmp_path / f"{method}.pt", cfg)
         torch.testing.assert_close(model.state_dict()["norm.weight"], ckpt["model"]["norm.weight"])
     ckpt = checkpoints.load(tmp_path / "rcmae.pt")
     torch.testing.assert_close(ckpt["model"]["blocks.0.attn.qkv.weight"],
@@ -61,7 +61,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, mae_state):
     path = tmp_path / "broken.pth"
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError) as err:
-        stages.load_mae(path, model_settings())
+        objectives.load_mae(path, model_settings())
     message = str(err.value)
     for fragment in ("broken.pth", "missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias",
                      "unexpected keys: head.weight", "norm.weight (7,) != (32,)"):
@@ -78,7 +78,7 @@ def test_unreadable_and_wrong_layout_checkpoints(tmp_path):
     odd = tmp_path / "odd.pth"
     torch.save({"weights": {}}, odd)
     with pytest.raises(CheckpointError, match=r"no 'model' or 'teacher' entry \(top-level keys: weights\)"):
-        stages.load_mae(odd, model_settings())
+        objectives.load_mae(odd, model_settings())
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):

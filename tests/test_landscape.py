@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from vitlandscape import data, directions, grid, landscape, stages
+from vitlandscape import data, directions, grid, landscape, objectives, stages
 from vitlandscape.models.arch import build_mae
 from conftest import model_settings
 
@@ -16,7 +16,7 @@ ALPHA, BETA = [-1.0, 1.0, 5], [-0.5, 1.0, 7]  # non-square; both contain 0
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, ):
+def setup(tmp_path_factory):
     """An npz data set, an official-format MAE checkpoint, a probe checkpoint, directions."""
     root = tmp_path_factory.mktemp("landscape")
     rng = np.random.default_rng(0)
@@ -99,7 +99,7 @@ def test_surface_contract_and_hand_computed_points(setup):
     prepared = data.load_prepared(root / "data.pt")
     images = prepared["train_images"][prepared["eval_index"]]
     noise = torch.rand(24, 16, generator=torch.Generator().manual_seed(3))
-    model = stages.load_mae(root / "mae.pth", cfg).eval()
+    model = objectives.load_mae(root / "mae.pth", cfg).eval()
     centre = pretext_loss_by_hand(model, images, noise, 0.75)
     assert math.isclose(surf.loss.sel(alpha=0.0, beta=0.0).item(), centre, rel_tol=1e-6)
 
@@ -127,8 +127,7 @@ def test_probe_surface_has_loss_and_accuracy(setup):
     surf, _, _ = compute_surface(root, settings(cfg, "probe"), "probe")
     assert set(surf.data_vars) == {"loss", "accuracy"}
     assert surf.attrs["mask_ratio"] == "n/a"
-    from vitlandscape.objectives import load_model
-    model = load_model("probe", root / "probe.pt", cfg)
+    model = objectives.load_model("probe", root / "probe.pt", cfg)
     prepared = data.load_prepared(root / "data.pt")
     idx = prepared["eval_index"]
     with torch.no_grad():
@@ -189,5 +188,5 @@ def test_line_and_interpolation(setup):
     images = prepared["train_images"][prepared["eval_index"]]
     noise = torch.rand(24, 16, generator=torch.Generator().manual_seed(3))
     for t, ckpt in ((0.0, "mae.pth"), (1.0, "other.pth")):
-        expected = pretext_loss_by_hand(stages.load_mae(root / ckpt, cfg).eval(), images, noise, 0.75)
+        expected = pretext_loss_by_hand(objectives.load_mae(root / ckpt, cfg).eval(), images, noise, 0.75)
         assert math.isclose(path.loss.sel(t=t).item(), expected, rel_tol=1e-5)

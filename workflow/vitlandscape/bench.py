@@ -23,10 +23,8 @@ def _rate(fn, points: int) -> float:
 def bench_objective(settings: dict, data_path, checkpoint, points: int, batch_size: int, device) -> dict:
     prepared = data.load_prepared(data_path)
     objective = objectives.build(settings["objective"], checkpoint, settings, prepared, batch_size, 0, device)
-    dirs = directions.make(objective.model, seed=0)
-    split = {"x": {k[2:]: v for k, v in dirs.items() if k.startswith("x.")},
-             "y": {k[2:]: v for k, v in dirs.items() if k.startswith("y.")}}
-    perturbation = surface.Perturbation(objective.model, split)
+    dirs = directions.split(directions.make(objective.model, seed=0))
+    perturbation = surface.Perturbation(objective.model, dirs)
     side = int(np.ceil(np.sqrt(points)))
     alphas, betas = np.linspace(-1, 1, side), np.linspace(-1, 1, side)
     objective.evaluate()  # warm-up

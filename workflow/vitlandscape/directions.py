@@ -67,17 +67,21 @@ def save(directions: dict, path, metadata: dict) -> None:
     save_file(directions, str(path), metadata={k: str(v) for k, v in metadata.items()})
 
 
-def load(path) -> tuple[dict, dict]:
-    """-> ({'x': {name: tensor}, 'y': {name: tensor}}, metadata)."""
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    split = {"x": {}, "y": {}}
+def split(tensors: dict, source="directions") -> dict:
+    """{'x.<name>': ..., 'y.<name>': ...} -> {'x': {name: ...}, 'y': {name: ...}}."""
+    out = {"x": {}, "y": {}}
     for key, value in tensors.items():
         axis, _, name = key.partition(".")
-        if axis not in split or not name:
-            raise ValueError(f"direction file {path}: tensor {key!r} is not named x.<param> or y.<param>")
-        split[axis][name] = value
-    if set(split["x"]) != set(split["y"]):
-        raise ValueError(f"direction file {path}: x and y cover different parameters")
-    return split, metadata
+        if axis not in out or not name:
+            raise ValueError(f"{source}: tensor {key!r} is not named x.<param> or y.<param>")
+        out[axis][name] = value
+    if set(out["x"]) != set(out["y"]):
+        raise ValueError(f"{source}: x and y cover different parameters")
+    return out
+
+
+def load(path) -> tuple[dict, dict]:
+    """-> ({'x': {name: tensor}, 'y': {name: tensor}}, metadata)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return split(load_file(str(path)), f"direction file {path}"), metadata

@@ -120,8 +120,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     if set(theta0) != set(dict(end_model.named_parameters())):
         raise ValueError(f"interpolation {settings['interpolation']}: {start} and {end} have different parameters")
     delta = {name: p.detach().cpu() - theta0[name].detach().cpu() for name, p in end_model.named_parameters()}
-    zeros = {name: torch.zeros_like(d) for name, d in delta.items()}
-    perturbation = surface.Perturbation(objective.model, {"x": delta, "y": zeros})
+    perturbation = surface.Perturbation(objective.model, {"x": delta, "y": {}})
     ts = grid.axis(settings["range"])
     losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts],
                                            desc="interpolation")

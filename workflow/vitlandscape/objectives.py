@@ -37,39 +37,47 @@ class Objective:
 
     def _pretext(self):
         model, ratio = self.model, self.info["mask_ratio"]
+        # Sums stay on the device: one synchronisation per grid point, not one per batch.
         total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
-        count = 0.0
+        count = torch.zeros_like(total)
         for images, noise, target in self.batches:
             latent, mask, ids_restore = model.forward_encoder(images, ratio, noise)
             pred = model.forward_decoder(latent, ids_restore)
             total += (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
-            count += mask.sum().item()
+            count += mask.sum(dtype=torch.float64)
         return (total / count).item(), float("nan")
 
     def _classification(self):
         total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
-        correct, count = 0, 0
+        correct = torch.zeros((), dtype=torch.long, device=total.device)
         for images, labels in self.batches:
             logits = self.model(images).float()
             total += F.cross_entropy(logits, labels, reduction="sum").double()
-            correct += (logits.argmax(-1) == labels).sum().item()
-            count += len(labels)
-        return (total / count).item(), correct / count
+            correct += (logits.argmax(-1) == labels).sum()
+        count = self.info["eval_samples"]
+        return total.item() / count, correct.item() / count
+
+
+def load_mae(path, model_cfg: dict) -> torch.nn.Module:
+    """An MAE from our checkpoint or an official / RC-MAE release one (strict key match);
+    `downstream_weights` picks teacher or student where the checkpoint holds both."""
+    ckpt = checkpoints.load(path)
+    state = checkpoints.state_dict_from(ckpt, path, prefer=model_cfg.get("downstream_weights", "teacher"))
+    model = build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
+    checkpoints.load_into(model, state, what=f"checkpoint {path}")
+    return model
 
 
 def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
     """The trained model behind an objective, in eval mode (strict key matching)."""
-    ckpt = checkpoints.load(checkpoint)
     if objective == "pretext":
-        model = build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
-        state = checkpoints.state_dict_from(ckpt, checkpoint, prefer=model_cfg.get("downstream_weights", "teacher"))
-    else:
-        if ckpt.get("kind") != "classifier":
-            raise checkpoints.CheckpointError(
-                f"checkpoint {checkpoint} is not a classifier (objective {objective} needs one)")
-        model = build_classifier(ckpt["arch"], ckpt["num_classes"], ckpt["head"])
-        state = ckpt["model"]
-    checkpoints.load_into(model, state, what=f"checkpoint {checkpoint}")
+        return load_mae(checkpoint, model_cfg).eval()
+    ckpt = checkpoints.load(checkpoint)
+    if ckpt.get("kind") != "classifier":
+        raise checkpoints.CheckpointError(
+            f"checkpoint {checkpoint} is not a classifier (objective {objective} needs one)")
+    model = build_classifier(ckpt["arch"], ckpt["num_classes"], ckpt["head"])
+    checkpoints.load_into(model, ckpt["model"], what=f"checkpoint {checkpoint}")
     return model.eval()
 
 

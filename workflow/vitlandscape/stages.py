@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vitlandscape import checkpoints, data, devices, train
+from vitlandscape import checkpoints, data, devices, objectives, train
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 
@@ -72,22 +72,13 @@ def pretrain(cfg: dict, data_path, out, device="cpu") -> dict:
     return ckpt
 
 
-def load_mae(path, cfg: dict):
-    """An MAE from our checkpoint or an official / RC-MAE release one (strict key match)."""
-    ckpt = checkpoints.load(path)
-    state = checkpoints.state_dict_from(ckpt, path, prefer=cfg.get("downstream_weights", "teacher"))
-    model = build_mae(cfg["arch"], cfg["norm_pix_loss"])
-    checkpoints.load_into(model, state, what=f"checkpoint {path}")
-    return model
-
-
 def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu") -> dict:
     """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
     device = devices.resolve(device)
     prepared = on_device(data.load_prepared(data_path), device)
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
-    mae = load_mae(checkpoint, cfg)
+    mae = objectives.load_mae(checkpoint, cfg)
     hp = {**cfg[stage], "seed": cfg["seed"]}
     model, history = train.downstream(mae.state_dict(), arch, prepared, hp, head=stage, device=device)
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,

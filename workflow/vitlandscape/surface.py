@@ -21,7 +21,10 @@ PROVENANCE = ("model", "method", "objective", "checkpoint", "checkpoint_sha256",
 
 
 class Perturbation:
-    """Sets a model's weights to theta + a * dx + b * dy in place (no copy of the model)."""
+    """Sets a model's weights to theta + a * dx + b * dy in place (no copy of the model).
+
+    `directions` is {'x': {name: dx}, 'y': {name: dy}}; an empty 'y' perturbs along x only.
+    """
 
     def __init__(self, model: torch.nn.Module, directions: dict):
         params = dict(model.named_parameters())
@@ -33,13 +36,16 @@ class Perturbation:
             p = params[name]
             if dx.shape != p.shape:
                 raise ValueError(f"direction for {name} has shape {tuple(dx.shape)}, parameter {tuple(p.shape)}")
-            dy = directions["y"][name]
-            self.entries.append((p, p.detach().clone(), dx.to(p.device, p.dtype), dy.to(p.device, p.dtype)))
+            dy = directions["y"].get(name)
+            self.entries.append((p, p.detach().clone(), dx.to(p.device, p.dtype),
+                                 None if dy is None else dy.to(p.device, p.dtype)))
 
     @torch.no_grad()
     def set(self, a: float, b: float = 0.0) -> None:
         for p, theta, dx, dy in self.entries:
-            p.copy_(theta).add_(dx, alpha=a).add_(dy, alpha=b)
+            torch.add(theta, dx, alpha=a, out=p)
+            if dy is not None:
+                p.add_(dy, alpha=b)
 
     @torch.no_grad()
     def restore(self) -> None:

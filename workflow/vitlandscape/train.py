@@ -43,7 +43,7 @@ def fit(params, step_loss, n: int, hp: dict, desc: str, after_step=None) -> list
     """
     optimizer = adamw(params, hp["weight_decay"])
     generator = torch.Generator().manual_seed(hp["seed"])
-    steps_per_epoch = len(batches(n, hp["batch_size"], generator))
+    steps_per_epoch = max(1, n // hp["batch_size"])  # as many as batches() yields
     total, warmup = hp["epochs"] * steps_per_epoch, hp["warmup_epochs"] * steps_per_epoch
     history, step = [], 0
     bar = tqdm(range(hp["epochs"]), desc=desc, unit="epoch", file=sys.stderr, mininterval=2)
