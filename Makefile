@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast report clean
+.PHONY: setup run test test-fast mutation report clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ test: setup
 
 test-fast: setup
 	pytest
+
+# Mutation testing of the core modules against the fast tests (about an hour on 2 cores).
+mutation: setup
+	$(VENV)/bin/python tests/mutation.py --max-children $(CORES)
 
 report: setup
 	snakemake --cores $(CORES) --report results/report.html

@@ -1,5 +1,9 @@
 """Shared fixtures: tiny architectures, tiny data sets, validated configs."""
 import copy
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +57,32 @@ def model_settings(method="mae", **overrides) -> dict:
              "finetune": {"epochs": 1, "batch_size": 32}}
     config = validated({"models": {"m": entry}})
     return {"name": "m", **config["models"]["m"], **overrides}
+
+
+def snakemake(workdir: Path, *args: str, snakefile_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake with this interpreter; the Snakefile is in `snakefile_dir` (default: workdir)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    directory = [] if snakefile_dir is None else ["--directory", str(workdir)]
+    return subprocess.run([sys.executable, "-m", "snakemake", *args, *directory], cwd=snakefile_dir or workdir,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def planned_jobs(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a dry run would execute."""
+    return [(rule, wildcards) for rule, wildcards, _ in planned_jobs_with_reasons(workdir, *args, **kwargs)]
+
+
+def planned_jobs_with_reasons(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict, str]]:
+    """(rule, wildcards, reason) of every job a dry run would execute."""
+    run = snakemake(workdir, "-n", *args, **kwargs)
+    assert run.returncode == 0, run.stdout + run.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wildcards = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
+        reason = re.search(r"^\s+reason: (.*)$", block, re.M)
+        jobs.append((head.group(1), wildcards, reason.group(1) if reason else ""))
+    return jobs

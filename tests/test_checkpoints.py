@@ -1,5 +1,7 @@
 """Checkpoints: ours, the official MAE format, the RC-MAE release format, and bad ones."""
 import argparse
+import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from vitlandscape import checkpoints, objectives, stages
 from vitlandscape.checkpoints import CheckpointError
 from vitlandscape.models.arch import build_mae
+from vitlandscape.models.classifier import build_classifier
 from conftest import model_settings
 
 
@@ -90,3 +93,71 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         checkpoints.atomic_save({"x": Unpicklable()}, target)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def probe_checkpoint(tmp_path):
+    torch.manual_seed(2)
+    arch = {k: v for k, v in model_settings()["arch"].items() if not k.startswith("decoder")}
+    model = build_classifier(arch, 3, "probe")
+    path = tmp_path / "probe.pt"
+    ckpt = {"kind": "classifier", "head": "probe", "arch": arch, "num_classes": 3, "model": model.state_dict()}
+    torch.save(ckpt, path)
+    return path, ckpt
+
+
+def test_classifier_checkpoint_loads_exactly(probe_checkpoint):
+    path, ckpt = probe_checkpoint
+    model = objectives.load_model("probe", path, model_settings())
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["model"][key]), key
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda s: s.pop("head.1.bias"), "missing keys: head.1.bias"),
+    (lambda s: s.update({"fc_norm.weight": torch.ones(32)}), "unexpected keys: fc_norm.weight"),
+    (lambda s: s.update({"head.1.weight": torch.zeros(4, 32)}), "head.1.weight (4, 32) != (3, 32)"),
+])
+def test_classifier_checkpoint_keys_must_match(tmp_path, probe_checkpoint, change, fragment):
+    path, ckpt = probe_checkpoint
+    change(ckpt["model"])
+    torch.save(ckpt, tmp_path / "changed.pt")
+    with pytest.raises(CheckpointError) as err:
+        objectives.load_model("probe", tmp_path / "changed.pt", model_settings())
+    assert "changed.pt does not match the model" in str(err.value) and fragment in str(err.value)
+
+
+def test_an_mae_checkpoint_is_not_a_classifier(tmp_path, mae_state):
+    torch.save({"model": mae_state, "kind": "mae"}, tmp_path / "mae.pt")
+    with pytest.raises(CheckpointError, match="mae.pt is not a classifier \\(objective probe needs one\\)"):
+        objectives.load_model("probe", tmp_path / "mae.pt", model_settings())
+
+
+def test_non_dict_checkpoint_and_module_prefix(tmp_path, mae_state):
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt holds a list, expected a dict"):
+        checkpoints.load(tmp_path / "list.pt")
+    prefixed = {f"module.{k}": v for k, v in mae_state.items()}
+    torch.save({"model": prefixed}, tmp_path / "ddp.pth")
+    loaded = objectives.load_mae(tmp_path / "ddp.pth", model_settings()).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in mae_state.items())
+
+
+def test_sha256_of_a_file(tmp_path):
+    path = tmp_path / "blob"
+    payload = bytes(range(256)) * 5000  # more than one read block
+    path.write_bytes(payload)
+    assert checkpoints.sha256(path) == hashlib.sha256(payload).hexdigest()
+
+
+def test_atomic_save_writes_beside_the_target_in_new_folders(tmp_path, monkeypatch):
+    """The temporary file lives in the target's folder (a rename across file systems is not atomic)."""
+    written = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, path: written.append(Path(path)) or real_save(obj, path))
+    target = tmp_path / "new" / "deeper" / "ckpt.pt"
+    checkpoints.atomic_save({"x": torch.ones(2)}, target)
+    assert written[0].parent == target.parent and written[0].name.startswith(".ckpt.pt.")
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(2))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ckpt.pt"]

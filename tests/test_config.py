@@ -83,7 +83,30 @@ CHECK_ERRORS = [
     (_set("data.path", "/nonexistent/data.npz"), None),
     (_set("models.mae.mask_ratio", 0.99), "models.mae.mask_ratio 0.99 keeps no patch of 16"),
     (_set("figures.compare", [{"name": "p", "surfaces": ["mae/pretext", "rcmae/supervised"]}]),
-     "figures.compare[0] (p): surface rcmae/supervised is not computed"),
+     "figures.compare[0] (p): surface rcmae/supervised is not computed (known: mae/pretext, mae/probe, "
+     "rcmae/pretext, rcmae/probe, sup/supervised)"),
+    (_set("models.sup.objectives", ["supervised", "pretext", "probe"]),
+     "models.sup.objectives: pretext, probe not available for method supervised (choose from supervised)"),
+    (_set("models.rcmae.arch", {"img_size": 16, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2}),
+     "models.rcmae.arch needs decoder_embed_dim, decoder_depth, decoder_num_heads for method rcmae"),
+    (_set("models.rcmae.arch.decoder_num_heads", 3),
+     "models.rcmae.arch.decoder_embed_dim is not divisible by decoder_num_heads"),
+    (_set("models.rcmae.arch", "mae_vit_base_patch16"), "models.rcmae.arch.img_size is 224 but data.image_size is 16"),
+    (_set("models.rcmae.arch.img_size", 18), "models.rcmae.arch.img_size 18 is not a multiple of patch_size 4"),
+    (lambda c: _set("models.mae.arch.img_size", 18)(c) or _set("models.mae.mask_ratio", 0.95)(c),
+     "models.mae.mask_ratio 0.95 keeps no patch of 16"),
+    (lambda c: _set("data.dataset", "npz")(c) or _set("data.path", "/nonexistent/data.npz")(c),
+     "data.path: /nonexistent/data.npz does not exist"),
+    (_set("landscape.interpolations", [{"name": "x", "start": "mae", "end": "moco", "objective": "pretext"}]),
+     "landscape.interpolations[0] (x).end: 'moco' is not a model of this config (models: mae, rcmae, sup)"),
+    (_set("landscape.interpolations", [{"name": "i", "start": "mae", "end": "x", "objective": "pretext"},
+                                       {"name": "y", "start": "mae", "end": "sup", "objective": "pretext"}]),
+     "landscape.interpolations[1] (y).objective: pretext not available for model sup"),
+    (_set("landscape.interpolations", [{"name": "z", "start": "mae", "end": "sup", "objective": "probe"}]),
+     "landscape.interpolations[0] (z).objective: probe not available for model sup"),
+    (lambda c: _set("models.rcmae.arch", dict(c["models"]["mae"]["arch"], depth=2))(c) or _set(
+        "landscape.interpolations", [{"name": "w", "start": "mae", "end": "rcmae", "objective": "pretext"}])(c),
+     "landscape.interpolations[0] (w): mae and rcmae have different architectures"),
 ]
 
 
@@ -98,6 +121,18 @@ def test_semantic_errors_name_the_key(default_config, mutate, fragment):
     assert any(fragment in problem for problem in problems), problems
 
 
+def test_problems_are_all_reported_and_good_edge_cases_pass(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["mae"]["arch"]["img_size"] = 32  # an arch that mae and rcmae share (a YAML anchor)
+    config["models"]["sup"]["arch"]["num_heads"] = 3
+    assert len(configcheck.problems(validated(config))) == 3
+    config = copy.deepcopy(default_config)
+    config["models"]["mae"]["mask_ratio"] = 0.9375  # keeps exactly 1 of 16 patches
+    config["models"]["rcmae"]["arch"]["decoder_num_heads"] = 1
+    config["data"]["path"] = "/nonexistent"  # digits ships with scikit-learn: no path needed
+    assert configcheck.problems(validated(config)) == []
+
+
 def test_arch_without_decoder_for_mae(default_config):
     config = copy.deepcopy(default_config)
     config["models"]["mae"]["arch"] = {k: 16 if k == "img_size" else 4 for k in
@@ -106,6 +141,7 @@ def test_arch_without_decoder_for_mae(default_config):
             in configcheck.problems(validated(config)))
 
 
+@pytest.mark.snakemake
 def test_workflow_refuses_a_bad_config_before_any_job(tmp_path, default_config):
     config = copy.deepcopy(default_config)
     config["models"]["rcmae"]["arch"]["img_size"] = 32

@@ -1,4 +1,6 @@
 """Directions: filter normalisation, what is perturbed, orthogonality, the file contract."""
+import math
+
 import pytest
 import torch
 
@@ -91,3 +93,48 @@ def test_file_round_trip_and_contract(tmp_path, model):
     assert set(split["x"]) == set(split["y"]) == {k[2:] for k in dirs if k.startswith("x.")}
     assert set(split["x"]) <= set(model.state_dict())
     torch.testing.assert_close(split["y"]["cls_token"], dirs["y.cls_token"])
+
+
+def test_orthogonal_y_is_y_minus_its_projection_on_x(model):
+    """Unnormalised directions have different norms, so the projection coefficient matters."""
+    raw = directions.make(model, seed=3, normalization="none")
+    orth = directions.make(model, seed=3, normalization="none", orthogonal=True)
+    names = [k[2:] for k in raw if k.startswith("x.")]
+    x = torch.cat([raw[f"x.{n}"].flatten() for n in names]).double()
+    y = torch.cat([raw[f"y.{n}"].flatten() for n in names]).double()
+    assert not math.isclose(float(x.norm()), float(y.norm()), rel_tol=1e-3)
+    expected = y - (x @ y) / (x @ x) * x
+    got = torch.cat([orth[f"y.{n}"].flatten() for n in names]).double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(orth[f"x.{n}"], raw[f"x.{n}"]) for n in names)
+
+
+def test_filter_normalisation_by_hand():
+    """d[k] * ||w[k]|| / (||d[k]|| + 1e-10) for every slice k along dim 0, written out."""
+    torch.manual_seed(0)
+    w, d = torch.randn(3, 2, 4).double(), torch.randn(3, 2, 4).double()
+    w[1] = 0.0  # a dead filter gets a zero direction
+    got = directions.normalize(d, w, "filter")
+    for k in range(3):
+        torch.testing.assert_close(got[k], d[k] * w[k].norm() / (d[k].norm() + 1e-10))
+    assert torch.equal(directions.normalize(d, w, "none"), d)
+    torch.testing.assert_close(directions.normalize(d, w, "layer"), d * w.norm() / (d.norm() + 1e-10))
+    bias_w, bias_d = torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.0])
+    torch.testing.assert_close(directions.normalize(bias_d, bias_w, "filter"), torch.tensor([5.0, 0.0]))
+
+
+def test_no_perturbed_parameter_is_an_error():
+    frozen = torch.nn.Linear(3, 2)
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter is perturbed"):
+        directions.make(frozen, seed=0)
+
+
+@pytest.mark.parametrize("bad,problem", [({"z.w": torch.zeros(1)}, "'z.w' is not named x.<param>"),
+                                         ({"x": torch.zeros(1)}, "'x' is not named"),
+                                         ({"x.a": torch.zeros(1), "y.b": torch.zeros(1)}, "different parameters")])
+def test_malformed_direction_files_are_named(tmp_path, bad, problem):
+    path = tmp_path / "bad.safetensors"
+    directions.save(bad, path, {})
+    with pytest.raises(ValueError, match=f"direction file .*bad.safetensors: .*{problem}"):
+        directions.load(path)

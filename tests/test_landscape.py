@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import xarray as xr
 
-from vitlandscape import data, directions, grid, landscape, objectives, stages
+from vitlandscape import checkpoints, data, directions, grid, landscape, stages
 from vitlandscape.models.arch import build_mae
 from conftest import model_settings
+import reference
 
 ALPHA, BETA = [-1.0, 1.0, 5], [-0.5, 1.0, 7]  # non-square; both contain 0
 
@@ -58,34 +58,54 @@ def compute_surface(root, s, name):
     return xr.open_zarr(root / f"{name}.zarr"), dirs, tiles
 
 
-def pretext_loss_by_hand(model, images, noise, mask_ratio):
-    """The official MAE loss with the contract's masks, written out step by step."""
-    keep = int(noise.shape[1] * (1 - mask_ratio))
-    mask = torch.ones_like(noise)
-    for i in range(len(noise)):
-        mask[i, torch.argsort(noise[i])[:keep]] = 0
-    with torch.no_grad():
-        _, pred, model_mask = model(images, mask_ratio, noise)
-    assert torch.equal(model_mask, mask)
-    target = model.patchify(images)
-    per_patch = ((pred.double() - target.double()) ** 2).mean(-1)
-    return float((per_patch * mask).sum() / mask.sum())
+def eval_set(root):
+    prepared = data.load_prepared(root / "data.pt")
+    index = prepared["eval_index"]
+    return prepared["train_images"][index], prepared["train_labels"][index]
+
+
+def weights(path) -> dict:
+    """The state_dict stored in a checkpoint file, read without the library."""
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def reference_point(root, cfg, objective, state) -> tuple[float, float]:
+    """(loss, accuracy) of `state` on the evaluation set by the float64 reference."""
+    images, labels = eval_set(root)
+    if objective == "pretext":
+        noise = torch.rand(len(images), 16, generator=torch.Generator().manual_seed(3))  # mask_seed 3
+        return reference.mae_loss(state, cfg["arch"], images, noise, cfg["mask_ratio"]), math.nan
+    logits = reference.classifier_logits(state, cfg["arch"], images, head=objective)
+    return reference.cross_entropy_and_accuracy(logits, labels)
+
+
+def reference_grid(root, cfg, objective, dirs_path, alphas, betas):
+    """Every grid point, one by one, by the reference: no tiles, no in-place perturbation."""
+    state, (dirs, _) = weights(checkpoint_for(root, objective)), directions.load(dirs_path)
+    loss, acc = np.empty((len(alphas), len(betas))), np.empty((len(alphas), len(betas)))
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            loss[i, j], acc[i, j] = reference_point(root, cfg, objective, reference.moved(state, dirs, a, b))
+    return loss, acc
 
 
 def test_tiling_invariance(setup):
+    """Surfaces from any tiling equal the whole grid computed point by point in float64."""
     root, cfg = setup
-    whole, _, _ = compute_surface(root, settings(cfg, "pretext", tile=[5, 7]), "whole")
+    whole, dirs, _ = compute_surface(root, settings(cfg, "pretext", tile=[5, 7]), "whole")
     single, _, tiles = compute_surface(root, settings(cfg, "pretext", tile=[1, 1]), "single")
     partial, _, _ = compute_surface(root, settings(cfg, "pretext", tile=[3, 4]), "partial")
     assert len(tiles) == 35
+    expected, _ = reference_grid(root, cfg, "pretext", dirs, grid.axis(ALPHA), grid.axis(BETA))
+    for surf in (whole, single, partial):
+        np.testing.assert_allclose(surf.loss.values, expected, rtol=2e-5, atol=0)
     np.testing.assert_allclose(single.loss.values, whole.loss.values, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(partial.loss.values, whole.loss.values, rtol=0, atol=1e-6)
     assert partial.loss.encoding["chunks"] == (3, 4)
-    assert np.isfinite(whole.loss.values).all() and whole.loss.values.std() > 0
+    assert expected.std() > 0.01 * expected.mean()
 
 
-def test_surface_contract_and_hand_computed_points(setup):
-    """Centre = loss of the unperturbed model; (a, b) = loss after moving the weights by hand."""
+def test_surface_contract_and_reference_points(setup):
+    """Centre = loss of the unperturbed model; (a, b) = loss of theta + a dx + b dy, both by the reference."""
     root, cfg = setup
     surf, dirs_path, _ = compute_surface(root, settings(cfg, "pretext"), "contract")
     assert surf.loss.dims == ("alpha", "beta") and surf.loss.shape == (5, 7)
@@ -96,23 +116,13 @@ def test_surface_contract_and_hand_computed_points(setup):
         assert key in surf.attrs, key
     assert surf.attrs["eval_samples"] == 24 and surf.attrs["mask_seed"] == 3
 
-    prepared = data.load_prepared(root / "data.pt")
-    images = prepared["train_images"][prepared["eval_index"]]
-    noise = torch.rand(24, 16, generator=torch.Generator().manual_seed(3))
-    model = objectives.load_mae(root / "mae.pth", cfg).eval()
-    centre = pretext_loss_by_hand(model, images, noise, 0.75)
+    state, (dirs, _) = weights(root / "mae.pth"), directions.load(dirs_path)
+    centre, _ = reference_point(root, cfg, "pretext", state)
     assert math.isclose(surf.loss.sel(alpha=0.0, beta=0.0).item(), centre, rel_tol=1e-6)
-
-    dirs, _ = directions.load(dirs_path)
     a, b = surf.alpha.values[3], surf.beta.values[5]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for name in dirs["x"]:
-        state[name] = state[name] + a * dirs["x"][name] + b * dirs["y"][name]
-    moved = build_mae(cfg["arch"]).eval()
-    moved.load_state_dict(state)
-    by_hand = pretext_loss_by_hand(moved, images, noise, 0.75)
-    assert math.isclose(surf.loss.values[3, 5], by_hand, rel_tol=1e-5)
-    assert not math.isclose(by_hand, centre, rel_tol=1e-3)
+    moved, _ = reference_point(root, cfg, "pretext", reference.moved(state, dirs, a, b))
+    assert math.isclose(surf.loss.values[3, 5], moved, rel_tol=1e-5)
+    assert not math.isclose(moved, centre, rel_tol=1e-3)
 
 
 def test_batch_size_invariance(setup):
@@ -122,20 +132,17 @@ def test_batch_size_invariance(setup):
     np.testing.assert_allclose(small.loss.values, large.loss.values, rtol=1e-5)
 
 
-def test_probe_surface_has_loss_and_accuracy(setup):
+def test_probe_surface_matches_the_reference(setup):
     root, cfg = setup
-    surf, _, _ = compute_surface(root, settings(cfg, "probe"), "probe")
+    surf, dirs, _ = compute_surface(root, settings(cfg, "probe"), "probe")
     assert set(surf.data_vars) == {"loss", "accuracy"}
     assert surf.attrs["mask_ratio"] == "n/a"
-    model = objectives.load_model("probe", root / "probe.pt", cfg)
-    prepared = data.load_prepared(root / "data.pt")
-    idx = prepared["eval_index"]
-    with torch.no_grad():
-        logits = model(prepared["train_images"][idx])
-    labels = prepared["train_labels"][idx]
+    loss, acc = reference_grid(root, cfg, "probe", dirs, surf.alpha.values, surf.beta.values)
+    np.testing.assert_allclose(surf.loss.values, loss, rtol=2e-5)
     centre = surf.sel(alpha=0.0, beta=0.0)
-    assert math.isclose(centre.loss.item(), F.cross_entropy(logits, labels).item(), rel_tol=1e-5)
-    assert centre.accuracy.item() == (logits.argmax(-1) == labels).sum().item() / len(labels)
+    assert centre.accuracy.item() == acc[2, 2]  # (alpha, beta) = (0, 0): a count / 24, exactly
+    assert np.mean(surf.accuracy.values == acc) > 0.9  # float32 vs float64 may flip a near tie
+    assert len(np.unique(surf.accuracy.values)) > 1
 
 
 def test_assembly_refuses_mixed_provenance(setup):
@@ -179,14 +186,96 @@ def test_line_and_interpolation(setup):
     surf, dirs, _ = compute_surface(root, s, "for_line")
     line = landscape.line(s, root / "data.pt", root / "mae.pth", dirs, root / "line.nc")
     np.testing.assert_allclose(line.loss.values, surf.loss.values[:, 0], rtol=1e-6)
+    saved = xr.open_dataset(root / "line.nc", engine="scipy")
+    assert list(saved.data_vars) == ["loss"] and saved.loss.dims == ("alpha",)
+    np.testing.assert_array_equal(saved.alpha.values, np.linspace(-1, 1, 5))
+    assert saved.attrs["grid"] == "line=[-1.0, 1.0, 5]" and saved.attrs["config_hash"] == surf.attrs["config_hash"]
+    assert saved.attrs["directions_sha256"] == surf.attrs["directions_sha256"]
 
     torch.manual_seed(5)
     torch.save({"model": build_mae(cfg["arch"]).state_dict()}, root / "other.pth")
     spec = {**settings(cfg, "pretext"), "interpolation": "a_to_b", "range": [0.0, 1.0, 3]}
     path = landscape.interpolate(spec, root / "data.pt", root / "mae.pth", root / "other.pth", root / "i.nc")
-    prepared = data.load_prepared(root / "data.pt")
-    images = prepared["train_images"][prepared["eval_index"]]
-    noise = torch.rand(24, 16, generator=torch.Generator().manual_seed(3))
+    saved = xr.open_dataset(root / "i.nc", engine="scipy")
+    assert list(saved.data_vars) == ["loss"] and saved.loss.dims == ("t",)
+    np.testing.assert_array_equal(saved.t.values, [0.0, 0.5, 1.0])
+    assert {k: saved.attrs[k] for k in ("name", "objective", "start_model", "end_model", "start", "end",
+                                         "start_sha256", "end_sha256", "eval_samples")} == {
+        "name": "a_to_b", "objective": "pretext", "start_model": "m", "end_model": "?",
+        "start": str(root / "mae.pth"), "end": str(root / "other.pth"),
+        "start_sha256": checkpoints.sha256(root / "mae.pth"), "end_sha256": checkpoints.sha256(root / "other.pth"),
+        "eval_samples": 24}
+    assert saved.attrs["versions"].startswith("vitlandscape ")
     for t, ckpt in ((0.0, "mae.pth"), (1.0, "other.pth")):
-        expected = pretext_loss_by_hand(objectives.load_mae(root / ckpt, cfg).eval(), images, noise, 0.75)
+        expected, _ = reference_point(root, cfg, "pretext", weights(root / ckpt))
         assert math.isclose(path.loss.sel(t=t).item(), expected, rel_tol=1e-5)
+    midway = {k: (v + weights(root / "other.pth")[k]) / 2 for k, v in weights(root / "mae.pth").items()}
+    expected, _ = reference_point(root, cfg, "pretext", midway)
+    assert math.isclose(path.loss.sel(t=0.5).item(), expected, rel_tol=1e-5)
+
+
+def _rewrite_attr(files, key, value):
+    for path in files:
+        with xr.open_dataset(path, engine="scipy") as ds:
+            ds = ds.load()
+        ds.attrs[key] = value
+        ds.to_netcdf(path, engine="scipy")
+
+
+@pytest.mark.parametrize("key", ["checkpoint_sha256", "directions_sha256", "grid", "config_hash"])
+def test_assembly_checks_tiles_against_this_surfaces_inputs(setup, key):
+    """Tiles that agree with each other but not with this checkpoint, directions, grid or config."""
+    root, cfg = setup
+    s = settings(cfg, "pretext", tile=[3, 4])
+    _, dirs, tiles = compute_surface(root, s, f"stale_{key}")
+    _rewrite_attr(tiles, key, "stale")
+    with pytest.raises(ValueError, match=f"was computed with {key}='stale'"):
+        landscape.assemble(s, tiles, root / "mae.pth", dirs, root / f"stale_{key}2.zarr")
+    assert not (root / f"stale_{key}2.zarr").exists()
+
+
+RESULT_SETTINGS = [("landscape", "mask_seed", 4), ("landscape", "direction_seed", 1),
+                   ("landscape", "normalization", "layer"), ("landscape", "perturb_1d", True),
+                   ("landscape", "perturb_frozen", True), ("landscape", "orthogonal", True),
+                   ("landscape", "alpha", [-2.0, 1.0, 5]), ("landscape", "beta", [-0.5, 1.0, 9]),
+                   ("landscape", "tile", [1, 1]), (None, "mask_ratio", 0.5), (None, "norm_pix_loss", True),
+                   (None, "objective", "probe"), (None, "name", "other"), (None, "downstream_weights", "student")]
+
+
+@pytest.mark.parametrize("section,key,value", RESULT_SETTINGS)
+def test_config_hash_changes_with_every_result_setting(setup, section, key, value):
+    _, cfg = setup
+    base = settings(cfg, "pretext")
+    changed = settings(cfg, "pretext")
+    (changed["landscape"] if section else changed)[key] = value
+    assert landscape.config_hash(changed) != landscape.config_hash(base)
+
+
+def test_config_hash_ignores_how_a_surface_is_computed(setup):
+    _, cfg = setup
+    base = landscape.config_hash(settings(cfg, "pretext"))
+    assert landscape.config_hash(settings(cfg, "pretext", batch_size=1, device="cuda")) == base
+
+
+def test_probe_line_has_accuracy(setup):
+    root, cfg = setup
+    s = settings(cfg, "probe", alpha=[-1.0, 1.0, 3], beta=[0.0, 0.0, 1], tile=[3, 1], line=[-1.0, 1.0, 3])
+    surf, dirs, _ = compute_surface(root, s, "probe_line")
+    line = landscape.line(s, root / "data.pt", root / "probe.pt", dirs, root / "probe_line.nc")
+    saved = xr.open_dataset(root / "probe_line.nc", engine="scipy")
+    assert set(saved.data_vars) == {"loss", "accuracy"}
+    np.testing.assert_array_equal(saved.accuracy.values, surf.accuracy.values[:, 0])
+    np.testing.assert_allclose(line.loss.values, surf.loss.values[:, 0], rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("objective", ["pretext", "probe"])
+def test_surface_is_the_same_on_cpu_and_cuda(setup, objective):
+    """The README's claim that a surface does not depend on the device (fixed CPU-drawn masks)."""
+    root, cfg = setup
+    cpu, _, _ = compute_surface(root, settings(cfg, objective, tile=[3, 4]), f"cpu_{objective}")
+    gpu, _, _ = compute_surface(root, settings(cfg, objective, tile=[3, 4], device="cuda"), f"cuda_{objective}")
+    assert gpu.attrs["config_hash"] == cpu.attrs["config_hash"]
+    np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=1e-4)
+    if objective == "probe":
+        assert np.mean(gpu.accuracy.values == cpu.accuracy.values) > 0.9

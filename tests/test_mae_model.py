@@ -2,9 +2,12 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
+import reference
 from vitlandscape.models.arch import build_mae
+from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.posembed import sincos_2d
 from conftest import TINY_ARCH
 
@@ -91,3 +94,39 @@ def test_norm_pix_loss_standardises_each_target_patch():
     expected = (target.shape[-1] - 1) / target.shape[-1] * var / (var + 1e-6)
     torch.testing.assert_close(per_patch, expected)
     assert math.isclose(per_patch.mean().item(), 47 / 48, rel_tol=1e-3)
+
+
+def _jittered(model):
+    """Weights moved off their initial values, so LayerNorm scales and biases matter too."""
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_pretext_loss_matches_the_float64_reference(norm_pix):
+    model = _jittered(build_mae(TINY_ARCH, norm_pix_loss=norm_pix))
+    imgs = torch.randn(5, 3, 16, 16)
+    noise = torch.rand(5, 16)
+    with torch.no_grad():
+        loss, pred, mask = model(imgs, 0.75, noise)
+    ref_loss, ref_pred, ref_mask = reference.mae_forward(model.state_dict(), TINY_ARCH, imgs, noise, 0.75, norm_pix)
+    assert torch.equal(mask.double(), ref_mask)
+    torch.testing.assert_close(pred.double(), ref_pred, rtol=1e-5, atol=1e-5)
+    assert math.isclose(loss.item(), float(ref_loss), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["probe", "finetune", "supervised"])
+def test_classifier_logits_match_the_float64_reference(head):
+    model = _jittered(build_classifier(TINY_ARCH, 5, head))
+    if head == "probe":
+        model.head[0].running_mean.normal_()
+        model.head[0].running_var.uniform_(0.5, 2.0)
+    imgs = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(imgs)
+    expected = reference.classifier_logits(model.state_dict(), TINY_ARCH, imgs, head)
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,4 @@
 """Training stages: reproducible from their seed, and the pieces of the recipes."""
-import math
 
 import pytest
 import torch
@@ -49,18 +48,6 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] < 1e-3
-
-
-def test_ema_update_and_momentum_schedules():
-    torch.manual_seed(0)
-    student, teacher = build_mae(model_settings()["arch"]), build_mae(model_settings()["arch"])
-    before = teacher.cls_token.detach().clone()
-    train.ema_update(teacher, student, 0.9)
-    torch.testing.assert_close(teacher.cls_token, 0.9 * before + 0.1 * student.cls_token)
-    assert train.ema_momentum(50, 100, 0.996, "constant") == 0.996
-    assert train.ema_momentum(0, 100, 0.996, "cosine") == pytest.approx(0.996)
-    assert train.ema_momentum(100, 100, 0.996, "cosine") == pytest.approx(1.0)
-    assert math.isclose(train.ema_momentum(50, 100, 0.996, "cosine"), 0.998)
 
 
 def test_weight_decay_skips_1d_parameters():

@@ -58,7 +58,7 @@ _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/clas
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
     "prepare_data": _COMMON,
-    "train": _COMMON + _MODELS + ["train.py", "objectives.py"],
+    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py"],
     "table": _COMMON,
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py"],
     "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],

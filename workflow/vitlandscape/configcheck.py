@@ -1,4 +1,4 @@
-"""Checks of a schema-validated config that a JSON schema cannot express.
+"""Checks of a schema-validated config (defaults filled) that a JSON schema cannot express.
 
 Each problem names the config key at fault, so a bad config fails before any job runs.
 """
@@ -73,9 +73,9 @@ def problems(config: dict) -> list[str]:
     for name, m in config["models"].items():
         out += _model_problems(name, m, data["image_size"])
     surfaces = {f"{name}/{o}" for name, m in config["models"].items() for o in objectives(m)}
-    for i, spec in enumerate(config.get("landscape", {}).get("interpolations", [])):
+    for i, spec in enumerate(config["landscape"]["interpolations"]):
         out += _interpolation_problems(i, spec, config["models"])
-    for i, panel in enumerate(config.get("figures", {}).get("compare", [])):
+    for i, panel in enumerate(config["figures"]["compare"]):
         for s in panel["surfaces"]:
             if s not in surfaces:
                 out.append(f"figures.compare[{i}] ({panel['name']}): surface {s} is not computed "

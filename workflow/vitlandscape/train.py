@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vitlandscape.rcmae import ema_momentum, ema_update, step_loss as rcmae_step_loss
 from vitlandscape.models.classifier import build_classifier, load_encoder
 
 
@@ -68,19 +69,6 @@ def fit(params, step_loss, n: int, hp: dict, desc: str, after_step=None) -> list
 
 # ---- MAE and RC-MAE ----
 
-def ema_momentum(step: int, total: int, base: float, schedule: str) -> float:
-    """Constant, or cosine from `base` at step 0 to 1 at the last step."""
-    if schedule == "constant":
-        return base
-    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
-
-
 def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
     """MAE pretraining; with `rcmae`, an EMA teacher adds a consistency loss.
 
@@ -97,13 +85,9 @@ def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
     def step_loss(idx, step):
         x = images[idx]
         noise = torch.rand(len(idx), model.patch_embed.num_patches, device=x.device)
-        loss, pred, mask = model(x, mask_ratio, noise)
-        if teacher is not None:
-            with torch.no_grad():
-                _, target, _ = teacher(x, mask_ratio, noise)  # same mask as the student
-            consistency = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-            loss = loss + cfg["consistency_weight"] * consistency
-        return loss
+        if teacher is None:
+            return model(x, mask_ratio, noise)[0]
+        return rcmae_step_loss(model, teacher, x, mask_ratio, noise, cfg["consistency_weight"])
 
     def update_teacher(step, total):
         ema_update(teacher, model, ema_momentum(step, total, cfg["ema_momentum"], cfg["ema_schedule"]))
