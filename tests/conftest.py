@@ -64,7 +64,7 @@ def snakemake(workdir: Path, *args: str, snakefile_dir: Path | None = None) -> s
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     directory = [] if snakefile_dir is None else ["--directory", str(workdir)]
     return subprocess.run([sys.executable, "-m", "snakemake", *args, *directory], cwd=snakefile_dir or workdir,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=1800)
 
 
 def planned_jobs(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict]]:

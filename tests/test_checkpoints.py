@@ -79,8 +79,8 @@ def test_unreadable_and_wrong_layout_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoints.load(tmp_path / "absent.pth")
     odd = tmp_path / "odd.pth"
-    torch.save({"weights": {}}, odd)
-    with pytest.raises(CheckpointError, match=r"no 'model' or 'teacher' entry \(top-level keys: weights\)"):
+    torch.save({"weights": {}, "epoch": 3}, odd)
+    with pytest.raises(CheckpointError, match=r"no 'model' or 'teacher' entry \(top-level keys: weights, epoch\)"):
         objectives.load_mae(odd, model_settings())
 
 

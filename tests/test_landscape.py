@@ -194,14 +194,14 @@ def test_line_and_interpolation(setup):
 
     torch.manual_seed(5)
     torch.save({"model": build_mae(cfg["arch"]).state_dict()}, root / "other.pth")
-    spec = {**settings(cfg, "pretext"), "interpolation": "a_to_b", "range": [0.0, 1.0, 3]}
+    spec = {**settings(cfg, "pretext"), "interpolation": "a_to_b", "end_model": "b", "range": [0.0, 1.0, 3]}
     path = landscape.interpolate(spec, root / "data.pt", root / "mae.pth", root / "other.pth", root / "i.nc")
     saved = xr.open_dataset(root / "i.nc", engine="scipy")
     assert list(saved.data_vars) == ["loss"] and saved.loss.dims == ("t",)
     np.testing.assert_array_equal(saved.t.values, [0.0, 0.5, 1.0])
     assert {k: saved.attrs[k] for k in ("name", "objective", "start_model", "end_model", "start", "end",
                                          "start_sha256", "end_sha256", "eval_samples")} == {
-        "name": "a_to_b", "objective": "pretext", "start_model": "m", "end_model": "?",
+        "name": "a_to_b", "objective": "pretext", "start_model": "m", "end_model": "b",
         "start": str(root / "mae.pth"), "end": str(root / "other.pth"),
         "start_sha256": checkpoints.sha256(root / "mae.pth"), "end_sha256": checkpoints.sha256(root / "other.pth"),
         "eval_samples": 24}

@@ -77,8 +77,9 @@ def test_nan_and_inf_are_kept_as_they_come():
 
 def test_perturbation_refuses_directions_that_do_not_fit():
     model = torch.nn.Linear(2, 1, bias=False)
-    with pytest.raises(ValueError, match="parameters the model does not have: bias"):
-        surface.Perturbation(model, {"x": {"bias": torch.zeros(1)}, "y": {"bias": torch.zeros(1)}})
+    unknown = {"bias": torch.zeros(1), "scale": torch.zeros(1)}
+    with pytest.raises(ValueError, match="parameters the model does not have: bias, scale"):
+        surface.Perturbation(model, {"x": unknown, "y": unknown})
     with pytest.raises(ValueError, match=r"direction for weight has shape \(2,\), parameter \(1, 2\)"):
         surface.Perturbation(model, {"x": {"weight": torch.zeros(2)}, "y": {"weight": torch.zeros(2)}})
 
@@ -174,3 +175,28 @@ def test_pretext_tiles_have_no_accuracy_variable(tmp_path):
     ds = surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     assert list(ds.data_vars) == ["loss"]
     assert set(xr.open_zarr(tmp_path / "s.zarr").data_vars) == {"loss"}
+
+
+def test_surface_variables_and_axes_describe_themselves(tmp_path):
+    loss, acc = whole_grid()
+    ds = surface.assemble(write_tiles(tmp_path, loss, acc), ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    saved = xr.open_zarr(tmp_path / "s.zarr")
+    for got in (ds, saved):
+        assert got.alpha.attrs == {"long_name": "step along direction x", "units": "1 (direction scale)"}
+        assert got.beta.attrs == {"long_name": "step along direction y", "units": "1 (direction scale)"}
+        assert got.loss.attrs == {"long_name": "pretext loss at theta + alpha dx + beta dy", "units": "1"}
+        assert got.accuracy.attrs == {"long_name": "top-1 accuracy on the evaluation set", "units": "1 (fraction)"}
+        assert got.attrs["tile"] == [2, 3] and got.attrs["objective"] == "pretext"
+
+
+def test_result_files_are_written_whole_into_new_folders(tmp_path):
+    loss, acc = whole_grid()
+    files = write_tiles(tmp_path / "new" / "tiles", loss, acc)
+    assert sorted(p.name for p in files[0].parent.iterdir()) == sorted(f.name for f in files)  # no temporaries
+    out = tmp_path / "surfaces" / "s.zarr"
+    out.parent.mkdir()
+    (out.parent / ".s.zarr.tmp").mkdir()  # left over from a killed job
+    surface.assemble(files, ALPHA, BETA, TILE, out, EXPECTED)
+    surface.assemble(files, ALPHA, BETA, TILE, out, EXPECTED)  # replacing an existing store
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
+    np.testing.assert_array_equal(xr.open_zarr(out).loss.values, loss)

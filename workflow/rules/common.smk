@@ -58,9 +58,10 @@ _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/clas
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
     "prepare_data": _COMMON,
-    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py"],
+    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py", "progress.py"],
     "table": _COMMON,
-    "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py"],
+    "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py",
+                  "progress.py"],
     "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
 }
 

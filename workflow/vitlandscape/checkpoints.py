@@ -59,7 +59,7 @@ def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def state_dict_from(ckpt: dict, path, prefer: str = "teacher") -> dict:
+def state_dict_from(ckpt: dict, path, prefer: str) -> dict:
     """The model weights of a checkpoint in any supported layout.
 
     `prefer` picks `teacher` or `student` when the checkpoint holds both (RC-MAE release)

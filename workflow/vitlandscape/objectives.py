@@ -37,23 +37,22 @@ class Objective:
 
     def _pretext(self):
         model, ratio = self.model, self.info["mask_ratio"]
-        # Sums stay on the device: one synchronisation per grid point, not one per batch.
-        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
-        count = torch.zeros_like(total)
+        # Sums stay on the device (float64 tensors from the first batch on): one
+        # synchronisation per grid point, not one per batch.
+        total = count = 0.0
         for images, noise, target in self.batches:
             latent, mask, ids_restore = model.forward_encoder(images, ratio, noise)
             pred = model.forward_decoder(latent, ids_restore)
-            total += (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
-            count += mask.sum(dtype=torch.float64)
+            total = total + (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
+            count = count + mask.sum(dtype=torch.float64)
         return (total / count).item(), float("nan")
 
     def _classification(self):
-        total = torch.zeros((), dtype=torch.float64, device=self.batches[0][0].device)
-        correct = torch.zeros((), dtype=torch.long, device=total.device)
+        total, correct = 0.0, 0
         for images, labels in self.batches:
             logits = self.model(images).float()
-            total += F.cross_entropy(logits, labels, reduction="sum").double()
-            correct += (logits.argmax(-1) == labels).sum()
+            total = total + F.cross_entropy(logits, labels, reduction="sum").double()
+            correct = correct + (logits.argmax(-1) == labels).sum()
         count = self.info["eval_samples"]
         return total.item() / count, correct.item() / count
 
@@ -62,7 +61,7 @@ def load_mae(path, model_cfg: dict) -> torch.nn.Module:
     """An MAE from our checkpoint or an official / RC-MAE release one (strict key match);
     `downstream_weights` picks teacher or student where the checkpoint holds both."""
     ckpt = checkpoints.load(path)
-    state = checkpoints.state_dict_from(ckpt, path, prefer=model_cfg.get("downstream_weights", "teacher"))
+    state = checkpoints.state_dict_from(ckpt, path, prefer=model_cfg["downstream_weights"])
     model = build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
     checkpoints.load_into(model, state, what=f"checkpoint {path}")
     return model
@@ -72,6 +71,8 @@ def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
     """The trained model behind an objective, in eval mode (strict key matching)."""
     if objective == "pretext":
         return load_mae(checkpoint, model_cfg).eval()
+    if objective not in CLASSIFICATION:
+        raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
     ckpt = checkpoints.load(checkpoint)
     if ckpt.get("kind") != "classifier":
         raise checkpoints.CheckpointError(
@@ -96,9 +97,7 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
             for i in range(0, len(index), batch_size):
                 x = images[i:i + batch_size]
                 batches.append((x, noise[i:i + batch_size], model.targets(x)))
-    elif objective in CLASSIFICATION:
+    else:
         labels = prepared["train_labels"][index].to(device)
         batches = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(index), batch_size)]
-    else:
-        raise ValueError(f"unknown objective {objective!r}")
     return Objective(objective, model, batches, info)

@@ -5,15 +5,13 @@ classification objectives), `loss[i, j] = L(theta + alpha[i] * dx + beta[j] * dy
 chunks = tiles, provenance in the attributes.
 """
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm import tqdm
 
-from vitlandscape import grid
+from vitlandscape import grid, progress
 
 # Attributes every tile of one surface must agree on (checked at assembly).
 PROVENANCE = ("model", "method", "objective", "checkpoint", "checkpoint_sha256", "directions_sha256",
@@ -57,7 +55,7 @@ def evaluate_points(objective, perturbation: Perturbation, points, desc: str = "
     """Loss and accuracy at each (a, b) in `points`; NaN/inf are kept as they come."""
     losses, accs = np.empty(len(points)), np.empty(len(points))
     try:
-        for k, (a, b) in enumerate(tqdm(points, desc=desc, unit="pt", file=sys.stderr, mininterval=2)):
+        for k, (a, b) in enumerate(progress.bar(points, desc, unit="pt")):
             perturbation.set(a, b)
             losses[k], accs[k] = objective.evaluate()
     finally:

@@ -5,14 +5,13 @@ parameters (biases, norm scales), as the MAE recipes do.
 """
 import copy
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from vitlandscape.rcmae import ema_momentum, ema_update, step_loss as rcmae_step_loss
+from vitlandscape import progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
+from vitlandscape.rcmae import ema_momentum, ema_update, step_loss as rcmae_step_loss
 
 
 def learning_rate(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
@@ -47,7 +46,7 @@ def fit(params, step_loss, n: int, hp: dict, desc: str, after_step=None) -> list
     steps_per_epoch = max(1, n // hp["batch_size"])  # as many as batches() yields
     total, warmup = hp["epochs"] * steps_per_epoch, hp["warmup_epochs"] * steps_per_epoch
     history, step = [], 0
-    bar = tqdm(range(hp["epochs"]), desc=desc, unit="epoch", file=sys.stderr, mininterval=2)
+    bar = progress.bar(range(hp["epochs"]), desc, unit="epoch")
     for epoch in bar:
         losses = []
         for idx in batches(n, hp["batch_size"], generator):

@@ -1,0 +1,82 @@
+"""Objectives: sums kept in float64 across batches, so a large evaluation set loses no digits."""
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlandscape import objectives
+from vitlandscape.masking import eval_noise
+from vitlandscape.models.arch import build_mae
+from vitlandscape.models.classifier import build_classifier
+from conftest import TINY_ARCH, model_settings
+import reference
+
+N = 40
+
+
+@pytest.fixture
+def prepared():
+    torch.manual_seed(0)
+    return {"train_images": torch.randn(N + 5, 3, 16, 16), "train_labels": torch.arange(N + 5) % 3,
+            "eval_index": torch.arange(5, N + 5)}
+
+
+def test_pretext_loss_is_summed_in_float64(tmp_path, prepared):
+    torch.manual_seed(1)
+    model = build_mae(TINY_ARCH).eval()
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace()}, tmp_path / "mae.pth")
+    objective = objectives.build("pretext", tmp_path / "mae.pth", model_settings(), prepared, 1, 5,
+                                 torch.device("cpu"))
+    loss, accuracy = objective.evaluate()
+    images = prepared["train_images"][5:]
+    noise = eval_noise(N, 16, 5)
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(N):  # one image a batch, as the objective was built
+            latent, mask, ids_restore = model.forward_encoder(images[i:i + 1], 0.75, noise[i:i + 1])
+            per_patch = model.patch_losses(images[i:i + 1], model.forward_decoder(latent, ids_restore))
+            total += float((per_patch * mask).double().sum())
+            count += float(mask.sum())
+    assert loss == pytest.approx(total / count, rel=1e-13, abs=0)
+    assert accuracy != accuracy  # NaN: the pretext loss has no accuracy
+    assert objective.info == {"eval_samples": N, "mask_seed": 5, "mask_ratio": 0.75}
+
+
+def test_classification_loss_is_summed_in_float64(tmp_path, prepared):
+    torch.manual_seed(2)
+    model = build_classifier(TINY_ARCH, 3, "finetune").eval()
+    ckpt = {"kind": "classifier", "head": "finetune", "arch": TINY_ARCH, "num_classes": 3, "model": model.state_dict()}
+    torch.save(ckpt, tmp_path / "ft.pt")
+    objective = objectives.build("finetune", tmp_path / "ft.pt", model_settings(), prepared, 1, 0, torch.device("cpu"))
+    loss, accuracy = objective.evaluate()
+    images, labels = prepared["train_images"][5:], prepared["train_labels"][5:]
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(N):
+            logits = model(images[i:i + 1])
+            total += float(F.cross_entropy(logits, labels[i:i + 1], reduction="sum").double())
+            correct += int(logits.argmax(-1) == labels[i])
+    assert loss == pytest.approx(total / N, rel=1e-13, abs=0)
+    assert accuracy == correct / N and 0 < correct < N
+
+
+def test_unknown_objective(tmp_path, prepared):
+    torch.save({"model": build_mae(TINY_ARCH).state_dict()}, tmp_path / "mae.pth")
+    with pytest.raises(ValueError, match="unknown objective .recon.; use pretext, probe, finetune, supervised"):
+        objectives.build("recon", tmp_path / "mae.pth", model_settings(), prepared, 8, 0, torch.device("cpu"))
+
+
+def test_norm_pix_targets_follow_the_config(tmp_path, prepared):
+    torch.manual_seed(3)
+    model = build_mae(TINY_ARCH).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
+    losses = {}
+    for norm_pix in (False, True):
+        objective = objectives.build("pretext", tmp_path / "mae.pth", model_settings(norm_pix_loss=norm_pix),
+                                     prepared, 16, 0, torch.device("cpu"))
+        losses[norm_pix] = objective.evaluate()[0]
+        expected = reference.mae_loss(model.state_dict(), TINY_ARCH, prepared["train_images"][5:], eval_noise(N, 16, 0),
+                                      0.75, norm_pix)
+        assert losses[norm_pix] == pytest.approx(expected, rel=1e-5)
+    assert abs(losses[True] - losses[False]) > 1e-3 * losses[False]  # far beyond the tolerance above
