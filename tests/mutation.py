@@ -6,7 +6,7 @@ copies of the tests, the config schema and the pytest settings. Every mutant of 
 modules is run against the fast tests (not the end-to-end ones, not those that start
 Snakemake). Prints the score per module and the surviving mutants with their diffs.
 
-    python tests/mutation.py [--max-children N] [--keep]
+    python tests/mutation.py [--max-children N] [--keep] [--resume]
 """
 import argparse
 import collections
@@ -34,13 +34,14 @@ process_isolation = "forkserver"
 """
 
 
-def stage() -> None:
-    """Copy what the fast tests read into .mutation/, with the library under src/."""
-    shutil.rmtree(STAGE, ignore_errors=True)
+def stage(fresh: bool) -> None:
+    """Copy what the fast tests read into .mutation/, with the library under src/
+    (over the previous copy unless `fresh`, so that mutmut reuses what is unchanged)."""
+    if fresh:
+        shutil.rmtree(STAGE, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "workflow/vitlandscape", STAGE / "src/vitlandscape", ignore=ignore)
-    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=ignore)
-    shutil.copytree(ROOT / "config", STAGE / "config", ignore=ignore)
+    for source, target in (("workflow/vitlandscape", "src/vitlandscape"), ("tests", "tests"), ("config", "config")):
+        shutil.copytree(ROOT / source, STAGE / target, ignore=ignore, dirs_exist_ok=True)
     ini = (ROOT / "pytest.ini").read_text()
     (STAGE / "pytest.ini").write_text(re.sub(r"(?m)^pythonpath = .*$", "pythonpath = src", ini))
     modules = ", ".join(f'"src/vitlandscape/{m}.py"' for m in CORE)
@@ -54,8 +55,8 @@ def mutmut(*args: str, check: bool = True) -> str:
     return run.stdout
 
 
-def results() -> dict[str, collections.Counter]:
-    """{module: Counter(status)} from `mutmut results --all true` (lines `key: status`)."""
+def results() -> tuple[dict[str, collections.Counter], list[tuple[str, str]]]:
+    """({module: Counter(status)}, [(mutant, status) not detected]) from `mutmut results --all true`."""
     by_module = collections.defaultdict(collections.Counter)
     survivors = []
     for line in mutmut("results", "--all", "true").splitlines():
@@ -73,11 +74,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep .mutation/ (to inspect with `mutmut browse`)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the .mutation/ of a --keep run: check new or changed mutants, retest the survivors")
     args = parser.parse_args()
     start = time.perf_counter()
-    stage()
-    mutmut("run", "--max-children", str(args.max_children), check=False)
+    resume = args.resume and STAGE.is_dir()
+    stage(fresh=not resume)
+    workers = ["--max-children", str(args.max_children)]
+    mutmut("run", *workers, check=False)
     by_module, survivors = results()
+    if resume and survivors:  # the tests may have changed since they survived
+        mutmut("run", *workers, *(key for key, _ in survivors), check=False)
+        by_module, survivors = results()
     if not by_module:
         sys.exit("mutmut produced no results: run `cd .mutation && python -m mutmut run` to see why")
     print(f"\n{'module':<12} {'mutants':>8} {'detected':>9} {'score':>7}")

@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
+    p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface, from the config alone")
+    p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
+    p.add_argument("--tflops", type=float, default=None,
+                   help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
+                   "digits, else 1000)")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+
     p = sub.add_parser("write-config", help="write the effective config (JSON settings) as YAML")
     p.add_argument("--settings", type=settings_arg, required=True)
     p.add_argument("--out", required=True)
@@ -154,11 +162,28 @@ def main(argv=None) -> None:
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "bench-grid":
         _bench(args)
+    elif args.stage == "plan":
+        _plan(args)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)
+
+
+def _plan(args) -> None:
+    """Validate the config as the workflow does (defaults filled), then print and save the plan."""
+    import yaml
+    from snakemake.utils import validate
+
+    from vitlandscape import plan
+    config = yaml.safe_load(Path(args.configfile).read_text())
+    validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
+    num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
+    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes)
+    print(plan.table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _write_config(config: dict, out) -> None:
