@@ -93,6 +93,8 @@ CHECK_ERRORS = [
     (_set("models.rcmae.arch.decoder_num_heads", 3),
      "models.rcmae.arch.decoder_embed_dim is not divisible by decoder_num_heads"),
     (_set("models.rcmae.arch", "mae_vit_base_patch16"), "models.rcmae.arch.img_size is 224 but data.image_size is 16"),
+    (_set("models.mae.arch", "vit_base_patch16"),
+     "models.mae.arch needs decoder_embed_dim, decoder_depth, decoder_num_heads for method mae"),
     (_set("models.rcmae.arch.img_size", 18), "models.rcmae.arch.img_size 18 is not a multiple of patch_size 4"),
     (lambda c: _set("models.mae.arch.img_size", 18)(c) or _set("models.mae.mask_ratio", 0.95)(c),
      "models.mae.mask_ratio 0.95 keeps no patch of 16"),
@@ -131,6 +133,16 @@ def test_problems_are_all_reported_and_good_edge_cases_pass(default_config):
     config["models"]["mae"]["mask_ratio"] = 0.9375  # keeps exactly 1 of 16 patches
     config["models"]["rcmae"]["arch"]["decoder_num_heads"] = 1
     config["data"]["path"] = "/nonexistent"  # digits ships with scikit-learn: no path needed
+    assert configcheck.problems(validated(config)) == []
+
+
+def test_supervised_presets(default_config):
+    config = copy.deepcopy(default_config)
+    config["data"]["image_size"] = 224
+    config["models"] = {"deit_b": {"method": "supervised", "arch": "vit_base_patch16"},
+                        "mae_b": {"method": "mae", "arch": "mae_vit_base_patch16"}}
+    config["figures"]["compare"] = []
+    config["landscape"]["interpolations"] = []
     assert configcheck.problems(validated(config)) == []
 
 

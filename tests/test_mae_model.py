@@ -130,3 +130,17 @@ def test_classifier_logits_match_the_float64_reference(head):
         logits = model(imgs)
     expected = reference.classifier_logits(model.state_dict(), TINY_ARCH, imgs, head)
     torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset,timm_name", [("vit_small_patch16", "vit_small_patch16_224"),
+                                              ("vit_base_patch16", "vit_base_patch16_224"),
+                                              ("vit_large_patch16", "vit_large_patch16_224"),
+                                              ("vit_huge_patch14", "vit_huge_patch14_224")])
+def test_supervised_presets_have_timms_layout(preset, timm_name):
+    """Names and shapes as timm's (and DeiT's) models of that name: their weights load strictly."""
+    import timm
+
+    with torch.device("meta"):  # shapes only, no memory
+        ours = build_classifier(preset, 1000, "supervised").state_dict()
+        theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}

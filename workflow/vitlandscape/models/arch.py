@@ -12,6 +12,11 @@ PRESETS = {
                               "num_heads": 16, **_DECODER},
     "mae_vit_huge_patch14": {"img_size": 224, "patch_size": 14, "embed_dim": 1280, "depth": 32,
                              "num_heads": 16, **_DECODER},
+    # supervised ViTs (timm / DeiT names), encoder only
+    "vit_small_patch16": {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base_patch16": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large_patch16": {"img_size": 224, "patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit_huge_patch14": {"img_size": 224, "patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
 
