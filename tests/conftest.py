@@ -69,11 +69,6 @@ def snakemake(workdir: Path, *args: str, snakefile_dir: Path | None = None) -> s
 
 def planned_jobs(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job a dry run would execute."""
-    return [(rule, wildcards) for rule, wildcards, _ in planned_jobs_with_reasons(workdir, *args, **kwargs)]
-
-
-def planned_jobs_with_reasons(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict, str]]:
-    """(rule, wildcards, reason) of every job a dry run would execute."""
     run = snakemake(workdir, "-n", *args, **kwargs)
     assert run.returncode == 0, run.stdout + run.stderr
     jobs = []
@@ -83,6 +78,5 @@ def planned_jobs_with_reasons(workdir: Path, *args: str, **kwargs) -> list[tuple
             continue
         found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         wildcards = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
-        reason = re.search(r"^\s+reason: (.*)$", block, re.M)
-        jobs.append((head.group(1), wildcards, reason.group(1) if reason else ""))
+        jobs.append((head.group(1), wildcards))
     return jobs

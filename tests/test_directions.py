@@ -126,7 +126,7 @@ def test_filter_normalisation_by_hand():
 def test_no_perturbed_parameter_is_an_error():
     frozen = torch.nn.Linear(3, 2)
     frozen.requires_grad_(False)
-    with pytest.raises(ValueError, match="no parameter is perturbed"):
+    with pytest.raises(ValueError, match="^no parameter is perturbed: check perturb_1d / perturb_frozen$"):
         directions.make(frozen, seed=0)
 
 
@@ -138,3 +138,14 @@ def test_malformed_direction_files_are_named(tmp_path, bad, problem):
     directions.save(bad, path, {})
     with pytest.raises(ValueError, match=f"direction file .*bad.safetensors: .*{problem}"):
         directions.load(path)
+
+
+def test_directions_are_float32_whatever_the_default_dtype(model):
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        dirs = directions.make(model, seed=0)
+    finally:
+        torch.set_default_dtype(default)
+    assert {d.dtype for d in dirs.values()} == {torch.float32}
+    assert all(torch.equal(dirs[k], v) for k, v in directions.make(model, seed=0).items())

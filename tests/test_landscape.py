@@ -115,6 +115,14 @@ def test_surface_contract_and_reference_points(setup):
                 "mask_seed", "mask_ratio", "config_hash", "versions"):
         assert key in surf.attrs, key
     assert surf.attrs["eval_samples"] == 24 and surf.attrs["mask_seed"] == 3
+    dirs_count = len(directions.load(dirs_path)[0]["x"])
+    assert {k: surf.attrs[k] for k in ("model", "method", "objective", "checkpoint", "mask_ratio", "normalization",
+                                        "perturb_1d", "perturb_frozen", "orthogonal", "direction_seed",
+                                        "perturbed_tensors")} == {
+        "model": "m", "method": "mae", "objective": "pretext", "checkpoint": str(root / "mae.pth"), "mask_ratio": 0.75,
+        "normalization": "filter", "perturb_1d": 0, "perturb_frozen": 0, "orthogonal": 0, "direction_seed": 0,
+        "perturbed_tensors": dirs_count}
+    assert dirs_count > 10
 
     state, (dirs, _) = weights(root / "mae.pth"), directions.load(dirs_path)
     centre, _ = reference_point(root, cfg, "pretext", state)
@@ -136,7 +144,7 @@ def test_probe_surface_matches_the_reference(setup):
     root, cfg = setup
     surf, dirs, _ = compute_surface(root, settings(cfg, "probe"), "probe")
     assert set(surf.data_vars) == {"loss", "accuracy"}
-    assert surf.attrs["mask_ratio"] == "n/a"
+    assert surf.attrs["mask_ratio"] == "n/a" and surf.attrs["mask_seed"] == "n/a"
     loss, acc = reference_grid(root, cfg, "probe", dirs, surf.alpha.values, surf.beta.values)
     np.testing.assert_allclose(surf.loss.values, loss, rtol=2e-5)
     centre = surf.sel(alpha=0.0, beta=0.0)
@@ -257,7 +265,7 @@ def test_config_hash_ignores_how_a_surface_is_computed(setup):
     assert landscape.config_hash(settings(cfg, "pretext", batch_size=1, device="cuda")) == base
 
 
-def test_probe_line_has_accuracy(setup):
+def test_probe_line_has_accuracy(setup, capsys):
     root, cfg = setup
     s = settings(cfg, "probe", alpha=[-1.0, 1.0, 3], beta=[0.0, 0.0, 1], tile=[3, 1], line=[-1.0, 1.0, 3])
     surf, dirs, _ = compute_surface(root, s, "probe_line")
@@ -266,6 +274,8 @@ def test_probe_line_has_accuracy(setup):
     assert set(saved.data_vars) == {"loss", "accuracy"}
     np.testing.assert_array_equal(saved.accuracy.values, surf.accuracy.values[:, 0])
     np.testing.assert_allclose(line.loss.values, surf.loss.values[:, 0], rtol=1e-6)
+    values = line.loss.values
+    assert f"probe_line.nc: 3 points, loss {values.min():.4f} .. {values.max():.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -279,3 +289,62 @@ def test_surface_is_the_same_on_cpu_and_cuda(setup, objective):
     np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=1e-4)
     if objective == "probe":
         assert np.mean(gpu.accuracy.values == cpu.accuracy.values) > 0.9
+
+
+def test_assembly_log_reports_the_centre_of_a_grid_without_zero(setup, capsys):
+    """The job log names the loss nearest the trained weights and the range."""
+    root, cfg = setup
+    s = settings(cfg, "pretext", alpha=[-0.9, 1.1, 3], beta=[-1.2, 0.8, 3], tile=[2, 2])  # (0.1, -0.2) is nearest
+    surf, _, _ = compute_surface(root, s, "offgrid")
+    log = capsys.readouterr().out
+    centre = surf.loss.values[1, 1]
+    values = surf.loss.values
+    assert f"(3, 3) grid, centre loss {centre:.4f}, range {values.min():.4f} .. {values.max():.4f}" in log
+
+
+@pytest.mark.parametrize("option,expect", [("perturb_1d", "norm.weight"), ("perturb_frozen", "pos_embed")])
+def test_direction_settings_reach_the_direction_file(setup, option, expect):
+    root, cfg = setup
+    s = settings(cfg, "pretext", **{option: True})
+    landscape.make_directions(s, root / "mae.pth", root / f"{option}.safetensors")
+    dirs, meta = directions.load(root / f"{option}.safetensors")
+    assert expect in dirs["x"] and expect in dirs["y"]
+    default, _ = directions.load(compute_surface(root, settings(cfg, "pretext"), f"no_{option}")[1])
+    assert expect not in default["x"] and set(default["x"]) < set(dirs["x"])
+    assert meta[option] == "True" and meta["orthogonal"] == "False"
+
+
+def test_direction_file_records_its_settings_and_log_line(setup, capsys):
+    root, cfg = setup
+    s = settings(cfg, "pretext", orthogonal=True, normalization="layer", direction_seed=7)
+    landscape.make_directions(s, root / "mae.pth", root / "orth.safetensors")
+    dirs, meta = directions.load(root / "orth.safetensors")
+    assert meta == {"model": "m", "objective": "pretext", "checkpoint_sha256": checkpoints.sha256(root / "mae.pth"),
+                    "seed": "7", "normalization": "layer", "perturb_1d": "False", "perturb_frozen": "False",
+                    "orthogonal": "True"}
+    x = torch.cat([dirs["x"][n].flatten() for n in sorted(dirs["x"])]).double()
+    y = torch.cat([dirs["y"][n].flatten() for n in sorted(dirs["x"])]).double()
+    assert abs(float(x @ y)) < 1e-6 * float(x.norm() * y.norm())
+    weights_count = sum(t.numel() for t in dirs["x"].values())
+    assert f"{len(dirs['x'])} perturbed tensors, {weights_count} weights -> " in capsys.readouterr().out
+
+
+def test_config_hash_does_not_depend_on_key_order(setup):
+    _, cfg = setup
+    s = settings(cfg, "pretext")
+    reordered = {k: s[k] for k in reversed(list(s))}
+    reordered["landscape"] = {k: s["landscape"][k] for k in reversed(list(s["landscape"]))}
+    digest = landscape.config_hash(s)
+    assert landscape.config_hash(reordered) == digest and len(digest) == 16 and int(digest, 16) >= 0
+
+
+def test_tile_files_name_their_tile_and_log_their_range(setup, capsys):
+    root, cfg = setup
+    s = settings(cfg, "pretext", tile=[3, 4])
+    _, _, tiles = compute_surface(root, s, "named_tiles")
+    log = capsys.readouterr().out
+    for path in tiles:
+        with xr.open_dataset(path, engine="scipy") as ds:
+            assert ds.attrs["tile_name"] == path.stem
+            size, low, high = ds.loss.size, float(ds.loss.min()), float(ds.loss.max())
+        assert f"tile {path.stem}: {size} points, loss {low:.4f} .. {high:.4f} -> {path}" in log

@@ -3,45 +3,25 @@
 Runs the embedded default (config/config.yaml) in a copy of the workflow, so edits to the
 copy's library code and config cannot touch the repository.
 """
-import os
+import base64
+import json
 import re
 import shutil
-import subprocess
-import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, planned_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 
 FIGURE_RULES = {"surface_figures", "accuracy_figure", "compare_figures", "line_figure", "interpolation_figure"}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True)
-
-
-def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job a dry run would execute."""
-    run = snakemake(workdir, "-n", *args)
-    assert run.returncode == 0, run.stdout + run.stderr
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
-        head = re.match(r"(?:local)?rule (\w+):", block)
-        if not head:
-            continue
-        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        wildcards = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
-        jobs.append((head.group(1), wildcards))
-    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +68,90 @@ def test_surfaces_follow_the_contract(workflow_run):
     assert path.loss.sel(t=0.0).item() == pytest.approx(mae, rel=1e-6)
 
 
-def test_figures_and_benchmarks(workflow_run):
+def check_png(path: Path) -> None:
+    """A PNG that decodes, is at least 300 x 200 and is not one flat colour."""
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] >= 200 and image.shape[1] >= 300, (path, image.shape)
+    assert image[..., :3].std() > 0.02, path
+
+
+def check_pdf(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and b"/Type /Page" in data, path
+
+
+def check_html(path: Path, surface: xr.Dataset) -> None:
+    """A standalone plotly page whose surface trace is this surface: x = alpha, y = beta and
+    z[j][i] = loss(alpha[i], beta[j]) (plotly's rows are y)."""
+    html = path.read_text()
+    start = html.index("[", html.index("Plotly.newPlot("))
+    traces, _ = json.JSONDecoder().raw_decode(html[start:])
+    assert [t["type"] for t in traces] == ["surface"], path
+    np.testing.assert_array_equal(traces[0]["x"], surface.alpha.values)
+    np.testing.assert_array_equal(traces[0]["y"], surface.beta.values)
+    np.testing.assert_allclose(np.array(traces[0]["z"], dtype=float), surface.loss.values.T, rtol=1e-6)
+
+
+def check_vts(path: Path, surface: xr.Dataset) -> None:
+    """A VTK structured grid with one point per grid point and the loss as point data."""
+    root = ET.parse(path).getroot()
+    assert root.get("type") == "StructuredGrid", path
+    extent = [int(v) for v in root.find("StructuredGrid/Piece").get("Extent").split()]
+    assert [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1] == list(surface.loss.shape), path
+    names = [a.get("Name") for a in root.iter("DataArray")]
+    assert "loss" in names and ("accuracy" in names) == ("accuracy" in surface), (path, names)
+
+
+def test_every_figure_is_a_valid_file(workflow_run):
     workdir, _ = workflow_run
     figures = workdir / "results/figures"
-    for name in ("mae/pretext_3d.png", "mae/pretext_contour.pdf", "sup/supervised_accuracy.png",
-                 "rcmae/probe.html", "mae/pretext.vts", "compare/mae_vs_rcmae_probe_compare.png",
-                 "compare/mae_vs_supervised_basins.png"):
-        assert (figures / name).stat().st_size > 1000, name
+    surfaces = sorted((workdir / "results/surfaces").glob("*/*.zarr"))
+    kinds = {"3d", "contour", "slices", "line_path"}
+    for store in surfaces:
+        model, objective = store.parent.name, store.stem
+        ds = xr.open_zarr(store)
+        for kind in kinds | ({"accuracy"} if objective != "pretext" else set()):
+            check_png(figures / model / f"{objective}_{kind}.png")
+            check_pdf(figures / model / f"{objective}_{kind}.pdf")
+        check_html(figures / model / f"{objective}.html", ds)
+        check_vts(figures / model / f"{objective}.vts", ds)
+    for name in ("mae_vs_supervised", "mae_vs_rcmae_pretext", "mae_vs_rcmae_probe"):
+        for kind in ("compare", "basins"):
+            check_png(figures / "compare" / f"{name}_{kind}.png")
+            check_pdf(figures / "compare" / f"{name}_{kind}.pdf")
+    check_png(figures / "interpolations/mae_to_rcmae_path.png")
+    assert len(list(figures.rglob("*.png"))) == len(list(figures.rglob("*.pdf")))
+
+
+def test_benchmarks_and_logs(workflow_run):
+    workdir, _ = workflow_run
     benchmarks = list((workdir / "results/benchmarks").rglob("*.tsv"))
     logs = list((workdir / "results/logs").rglob("*.log"))
     assert len(benchmarks) == len(logs) > 50
+    for tsv in benchmarks:
+        table = pd.read_csv(tsv, sep="\t")
+        assert len(table) == 1 and table["s"].iloc[0] > 0, tsv
 
 
-def test_report(workflow_run):
+def test_report_holds_every_figure_and_table_with_its_caption(workflow_run):
     workdir, _ = workflow_run
     run = snakemake(workdir, "--report", "results/report.html")
     assert run.returncode == 0, run.stderr[-3000:]
-    html = (workdir / "results/report.html").read_text(errors="replace")
-    assert "accuracy.csv" in html and "mae_vs_rcmae_pretext_compare.png" in html
+    html = (workdir / "results/report.html").read_text()
+    marker = "var results = "  # in the report's own <script id="results">, not in the bundled libraries
+    start = html.index(marker, html.index('<script id="results">')) + len(marker)
+    results, _ = json.JSONDecoder().raw_decode(html, start)
+    figures = {str(p.relative_to(workdir)) for p in (workdir / "results/figures").rglob("*")
+               if p.suffix in (".png", ".pdf")}
+    assert set(results) == figures | {"results/metrics/accuracy.csv", "results/config.yaml"}
+    for path, entry in results.items():
+        caption = entry["caption"]
+        assert len(re.sub(r"<[^>]+>", "", caption).strip()) > 60 and "{{" not in caption, path
+        if entry["job_properties"]["rule"] == "surface_figures":  # captions render the wildcards
+            labels = entry["labels"]
+            assert f"<strong>{labels['model']}</strong>" in caption and labels["objective"] in caption, path
+        payload = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+        assert payload == (workdir / path).read_bytes(), path
 
 
 def test_nothing_to_do_after_a_complete_run(workflow_run):
@@ -147,26 +193,54 @@ def test_changing_figure_settings_reruns_only_figures(workflow_run):
     assert FIGURE_RULES <= rules
 
 
-def test_editing_library_code_reruns_the_stages_that_use_it(workflow_run):
+# Which rules run each stage's code, and which stages use each library module: the
+# project's promise, written down here independently of the lists in common.smk.
+STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstream"}, "table": {"accuracy_table"},
+               "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate"},
+               "figures": FIGURE_RULES}
+EVERY_STAGE = set(STAGE_RULES)
+MODEL_STAGES = {"train", "landscape"}
+MODULE_STAGES = {
+    "__init__.py": EVERY_STAGE, "stages.py": EVERY_STAGE, "checkpoints.py": EVERY_STAGE, "data.py": EVERY_STAGE,
+    "devices.py": EVERY_STAGE,
+    "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
+    "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,
+    "objectives.py": MODEL_STAGES, "progress.py": MODEL_STAGES, "train.py": {"train"}, "rcmae.py": {"train"},
+    "landscape.py": {"landscape"}, "directions.py": {"landscape"}, "grid.py": {"landscape"},
+    "surface.py": {"landscape"},
+    "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
+    # argument parsing, config checks, the cost planner and the benchmark compute no result
+    "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "bench.py": set(),
+}
+def rules_with_changed_params(workdir: Path) -> set[str]:
+    """Rules of the outputs whose own params (code hash included) changed, from `--summary`:
+    unlike a dry run's reasons, these are not hidden by an upstream job that reruns."""
+    run = snakemake(workdir, "--summary")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line.split("\t") for line in run.stdout.splitlines() if "\t" in line]
+    header = lines[0]
+    rule, status = header.index("rule"), header.index("status")
+    return {row[rule] for row in lines[1:] if "params changed" in row[status]}
+
+
+def test_editing_any_library_module_reruns_exactly_its_stages(workflow_run):
+    """For every module, the outputs made out of date by the edit itself (not by a renewed
+    input) are exactly those of the stages that use the module."""
     workdir, _ = workflow_run
-    module = workdir / "workflow/vitlandscape/figures.py"
-    original = module.read_text()
-    try:
-        module.write_text(original + "\n# edited\n")
-        rules = {rule for rule, _ in planned_jobs(workdir)}
-        assert rules <= FIGURE_RULES | {"all"}
-        assert FIGURE_RULES <= rules
-    finally:
-        module.write_text(original)
-    module = workdir / "workflow/vitlandscape/train.py"
-    original = module.read_text()
-    try:
-        module.write_text(original + "\n# edited\n")
-        jobs = planned_jobs(workdir)
-        rules = {rule for rule, _ in jobs}
-        assert sum(rule == "pretrain" for rule, _ in jobs) == 3
-        assert sum(rule == "downstream" for rule, _ in jobs) == 4
-        assert "prepare_data" not in rules
-    finally:
-        module.write_text(original)
+    library = workdir / "workflow/vitlandscape"
+    found = {str(p.relative_to(library)) for p in library.rglob("*.py")}
+    assert found == set(MODULE_STAGES), "classify the new or removed modules in MODULE_STAGES"
+    for name, stages in MODULE_STAGES.items():
+        module = library / name
+        original = module.read_text()
+        try:
+            module.write_text(original + "\n# edited\n")
+            changed = rules_with_changed_params(workdir)
+            planned = planned_jobs(workdir) if not stages else None
+        finally:
+            module.write_text(original)
+        expected = set().union(*(STAGE_RULES[s] for s in stages)) if stages else set()
+        assert changed == expected, (name, sorted(changed), sorted(expected))
+        if not stages:
+            assert planned == [], name
     assert planned_jobs(workdir) == []

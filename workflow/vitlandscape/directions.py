@@ -14,7 +14,7 @@ def perturbed_names(model: torch.nn.Module, perturb_1d: bool, perturb_frozen: bo
     Frozen means requires_grad=False in the model definition (e.g. the fixed sin-cos
     position embeddings), not parameters frozen by a training recipe.
     """
-    return [name for name, p in model.named_parameters(remove_duplicate=True)
+    return [name for name, p in model.named_parameters()
             if (p.ndim >= 2 or perturb_1d) and (p.requires_grad or perturb_frozen)]
 
 

@@ -123,7 +123,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts],
                                            desc="interpolation")
     attrs = {"name": settings["interpolation"], "objective": settings["objective"],
-             "start_model": settings["name"], "end_model": settings.get("end_model", "?"), "start": str(start),
+             "start_model": settings["name"], "end_model": settings["end_model"], "start": str(start),
              "end": str(end), "start_sha256": checkpoints.sha256(start), "end_sha256": checkpoints.sha256(end),
              "eval_samples": objective.info["eval_samples"], "versions": versions()}
     return _write_path(losses, accs, ts, "t", attrs, out)
