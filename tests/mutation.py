@@ -3,8 +3,9 @@
 mutmut names a mutant after its module's path below the directory it runs in and knows
 only the `src/` layout, so the library is staged as `.mutation/src/vitlandscape`, beside
 copies of the tests, the config schema and the pytest settings. Every mutant of the core
-modules is run against the fast tests (not the end-to-end ones, not those that start
-Snakemake). Prints the score per module and the surviving mutants with their diffs.
+modules is run against the fast tests (not the end-to-end ones, not those that run
+Snakemake or the library in a subprocess). Prints the score per module and the surviving
+mutants with their diffs.
 
     python tests/mutation.py [--max-children N] [--keep] [--resume]
 """
@@ -28,7 +29,7 @@ MUTMUT_CONFIG = """[tool.mutmut]
 source_paths = ["src/vitlandscape"]
 only_mutate = [{modules}]
 also_copy = ["pytest.ini", "config"]
-pytest_add_cli_args = ["-m", "not e2e and not snakemake", "-p", "no:cacheprovider"]
+pytest_add_cli_args = ["-m", "not e2e and not subprocess", "-p", "no:cacheprovider"]
 # torch is not fork-safe once it has run: fork every mutant from a fresh server process.
 process_isolation = "forkserver"
 """
@@ -81,7 +82,8 @@ def main() -> None:
     resume = args.resume and STAGE.is_dir()
     stage(fresh=not resume)
     workers = ["--max-children", str(args.max_children)]
-    mutmut("run", *workers, check=False)
+    if "failed to collect stats" in mutmut("run", *workers, check=False):
+        sys.exit("mutmut could not run the tests on the unmutated code: run `cd .mutation && python -m mutmut run`")
     by_module, survivors = results()
     if resume and survivors:  # the tests may have changed since they survived
         mutmut("run", *workers, *(key for key, _ in survivors), check=False)

@@ -60,15 +60,35 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, mae_state):
     del state["decoder_pred.bias"]
     del state["blocks.1.mlp.fc2.weight"]
     state["head.weight"] = torch.zeros(3, 3)
+    state["fc_norm.weight"] = torch.zeros(3)
     state["norm.weight"] = torch.zeros(7)
+    state["cls_token"] = torch.zeros(1, 2, 32)
     path = tmp_path / "broken.pth"
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError) as err:
         objectives.load_mae(path, model_settings())
-    message = str(err.value)
-    for fragment in ("broken.pth", "missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias",
-                     "unexpected keys: head.weight", "norm.weight (7,) != (32,)"):
-        assert fragment in message
+    assert str(err.value) == (
+        f"checkpoint {path} does not match the model: missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias"
+        " | unexpected keys: fc_norm.weight, head.weight"
+        " | shape mismatches: cls_token (1, 2, 32) != (1, 1, 32); norm.weight (7,) != (32,)")
+
+
+class RunsCode:
+    """Unpickling this calls `touch` on a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="evil.pth cannot be read"):
+        checkpoints.load(tmp_path / "evil.pth")
+    assert not marker.exists()
 
 
 def test_unreadable_and_wrong_layout_checkpoints(tmp_path):

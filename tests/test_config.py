@@ -154,7 +154,7 @@ def test_arch_without_decoder_for_mae(default_config):
             in configcheck.problems(validated(config)))
 
 
-@pytest.mark.snakemake
+@pytest.mark.subprocess
 def test_workflow_refuses_a_bad_config_before_any_job(tmp_path, default_config):
     config = copy.deepcopy(default_config)
     config["models"]["rcmae"]["arch"]["img_size"] = 32

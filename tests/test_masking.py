@@ -59,3 +59,4 @@ def test_masking_draws_noise_when_none_is_given():
     torch.manual_seed(0)
     noise = torch.rand(2, 10)
     torch.testing.assert_close(kept, random_masking(x, 0.6, noise)[0])
+    assert random_masking(x.double(), 0.6, noise)[1].dtype == torch.float64  # the mask takes x's dtype

@@ -61,6 +61,7 @@ def test_plan_of_a_config(default_config):
     assert result["total_gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in result["surfaces"]))
 
 
+@pytest.mark.subprocess
 def test_plan_command_writes_json(tmp_path):
     run = subprocess.run([sys.executable, "-m", "vitlandscape", "plan", "--configfile", str(ROOT / "config/config.yaml"),
                           "--tflops", "50", "--json", str(tmp_path / "plan.json")],

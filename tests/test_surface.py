@@ -200,3 +200,13 @@ def test_result_files_are_written_whole_into_new_folders(tmp_path):
     surface.assemble(files, ALPHA, BETA, TILE, out, EXPECTED)  # replacing an existing store
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
     np.testing.assert_array_equal(xr.open_zarr(out).loss.values, loss)
+
+
+def test_storage_formats(tmp_path):
+    """Tiles are classic netCDF (what the scipy engine reads back); surfaces are Zarr v2 stores
+    with consolidated metadata (one read to open them on a network file system)."""
+    loss, acc = whole_grid()
+    files = write_tiles(tmp_path, loss, acc)
+    assert all(f.read_bytes()[:3] == b"CDF" for f in files)
+    surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    assert (tmp_path / "s.zarr/.zmetadata").is_file() and (tmp_path / "s.zarr/loss/.zarray").is_file()

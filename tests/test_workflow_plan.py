@@ -9,7 +9,7 @@ import yaml
 from vitlandscape.models.arch import build_mae
 from conftest import ROOT, planned_jobs
 
-pytestmark = pytest.mark.snakemake
+pytestmark = pytest.mark.subprocess
 
 
 def plan(tmp_path, config: dict):

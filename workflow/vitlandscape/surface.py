@@ -83,8 +83,7 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     """Units and long names for the variables and coordinates."""
     ds["alpha"].attrs.update(long_name="step along direction x", units="1 (direction scale)")
     ds["beta"].attrs.update(long_name="step along direction y", units="1 (direction scale)")
-    objective = ds.attrs.get("objective", "")
-    ds["loss"].attrs.update(long_name=f"{objective} loss at theta + alpha dx + beta dy".strip(), units="1")
+    ds["loss"].attrs.update(long_name=f"{ds.attrs['objective']} loss at theta + alpha dx + beta dy", units="1")
     if "accuracy" in ds:
         ds["accuracy"].attrs.update(long_name="top-1 accuracy on the evaluation set", units="1 (fraction)")
     return ds
