@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep .mutation/ (to inspect with `mutmut browse`)")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the .mutation/ of a --keep run: check new or changed mutants, retest the survivors")
+                        help="reuse the .mutation/ of a --keep run: mutmut checks what changed (all of it when tests "
+                             "were added) and the survivors are retested")
     args = parser.parse_args()
     start = time.perf_counter()
     resume = args.resume and STAGE.is_dir()
