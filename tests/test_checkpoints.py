@@ -68,7 +68,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, mae_state):
     with pytest.raises(CheckpointError) as err:
         objectives.load_mae(path, model_settings())
     assert str(err.value) == (
-        f"checkpoint {path} does not match the model: missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias"
+        f"checkpoint {path} (mae_pretrain format, torch file) does not match the model: missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias"
         " | unexpected keys: fc_norm.weight, head.weight"
         " | shape mismatches: cls_token (1, 2, 32) != (1, 1, 32); norm.weight (7,) != (32,)")
 
@@ -100,7 +100,8 @@ def test_unreadable_and_wrong_layout_checkpoints(tmp_path):
         checkpoints.load(tmp_path / "absent.pth")
     odd = tmp_path / "odd.pth"
     torch.save({"weights": {}, "epoch": 3}, odd)
-    with pytest.raises(CheckpointError, match=r"no 'model' or 'teacher' entry \(top-level keys: weights, epoch\)"):
+    with pytest.raises(CheckpointError, match=r"in no supported format \(top-level keys: weights, epoch; "
+                                              r"parameter names: none\)\. Supported: vitlandscape, mae_pretrain"):
         objectives.load_mae(odd, model_settings())
 
 
@@ -145,12 +146,14 @@ def test_classifier_checkpoint_keys_must_match(tmp_path, probe_checkpoint, chang
     torch.save(ckpt, tmp_path / "changed.pt")
     with pytest.raises(CheckpointError) as err:
         objectives.load_model("probe", tmp_path / "changed.pt", model_settings())
-    assert "changed.pt does not match the model" in str(err.value) and fragment in str(err.value)
+    assert "changed.pt (vitlandscape format, torch file) does not match the model" in str(err.value)
+    assert fragment in str(err.value)
 
 
 def test_an_mae_checkpoint_is_not_a_classifier(tmp_path, mae_state):
     torch.save({"model": mae_state, "kind": "mae"}, tmp_path / "mae.pt")
-    with pytest.raises(CheckpointError, match="mae.pt is not a classifier \\(objective probe needs one\\)"):
+    with pytest.raises(CheckpointError, match="mae.pt is a vitlandscape mae checkpoint, which cannot serve the "
+                                              "probe objective"):
         objectives.load_model("probe", tmp_path / "mae.pt", model_settings())
 
 

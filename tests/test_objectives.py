@@ -40,7 +40,7 @@ def test_pretext_loss_is_summed_in_float64(tmp_path, prepared):
             count += float(mask.sum())
     assert loss == pytest.approx(total / count, rel=1e-13, abs=0)
     assert accuracy != accuracy  # NaN: the pretext loss has no accuracy
-    assert objective.info == {"eval_samples": N, "mask_seed": 5, "mask_ratio": 0.75}
+    assert objective.info == {"eval_samples": N, "mask_seed": 5, "mask_ratio": 0.75, "checkpoint_format": "mae_pretrain"}
 
 
 def test_classification_loss_is_summed_in_float64(tmp_path, prepared):

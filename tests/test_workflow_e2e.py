@@ -201,7 +201,8 @@ STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstre
 EVERY_STAGE = set(STAGE_RULES)
 MODEL_STAGES = {"train", "landscape"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "stages.py": EVERY_STAGE, "checkpoints.py": EVERY_STAGE, "data.py": EVERY_STAGE,
+    "__init__.py": EVERY_STAGE, "stages.py": EVERY_STAGE, "checkpoints.py": EVERY_STAGE, "formats.py": EVERY_STAGE,
+    "data.py": EVERY_STAGE,
     "devices.py": EVERY_STAGE,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,

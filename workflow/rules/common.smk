@@ -53,7 +53,7 @@ wildcard_constraints:
 # Library modules each stage imports; their hash goes into params so that editing the
 # code reruns exactly the stages that use it (Snakemake does not track imports). The
 # argument parsing in cli.py / __main__.py computes nothing, so it is left out.
-_COMMON = ["__init__.py", "stages.py", "checkpoints.py", "data.py", "devices.py"]
+_COMMON = ["__init__.py", "stages.py", "checkpoints.py", "formats.py", "data.py", "devices.py"]
 _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/classifier.py",
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
@@ -98,11 +98,21 @@ def pretrained(wildcards):
     return pretrained_path(wildcards.model)
 
 
+def given_checkpoint_path(name, stage):
+    """The checkpoint the config gives for a stage (probe, finetune, supervised), else None."""
+    m = MODELS[name]
+    return m["checkpoint"] if stage in ("pretrain", "supervised") else m[stage]["checkpoint"]
+
+
+def given_checkpoint(wildcards):
+    return given_checkpoint_path(wildcards.model, wildcards.stage)
+
+
 def objective_checkpoint_path(name, objective):
-    """The trained weights an objective is measured on."""
+    """The trained weights an objective is measured on: given in the config, or trained."""
     if objective in ("pretext", "supervised"):
         return pretrained_path(name)
-    return f"results/checkpoints/{name}/{objective}.pt"
+    return given_checkpoint_path(name, objective) or f"results/checkpoints/{name}/{objective}.pt"
 
 
 def objective_checkpoint(wildcards):
@@ -152,9 +162,24 @@ def supervised():
     return [n for n, m in MODELS.items() if m["method"] == "supervised"]
 
 
+def accuracy_metrics():
+    """Accuracy files of every probe, fine-tune and given supervised model: from the
+    training stage, or from evaluating the checkpoint the config gives."""
+    files = []
+    for n in self_supervised():
+        for stage in ("probe", "finetune"):
+            given = given_checkpoint_path(n, stage)
+            files.append(f"results/accuracy/{n}/{stage}.json" if given else f"results/checkpoints/{n}/{stage}.json")
+    return files + [f"results/accuracy/{n}/supervised.json" for n in supervised() if MODELS[n]["checkpoint"]]
+
+
+def trained_supervised():
+    """Supervised models the workflow trains (their checkpoint holds the test accuracy)."""
+    return [n for n in supervised() if not MODELS[n]["checkpoint"]]
+
+
 def accuracy_inputs():
-    files = [f"results/checkpoints/{n}/{stage}.json" for n in self_supervised() for stage in ("probe", "finetune")]
-    return files + [f"results/checkpoints/{n}/pretrain.pt" for n in supervised()]
+    return accuracy_metrics() + [f"results/checkpoints/{n}/pretrain.pt" for n in trained_supervised()]
 
 
 def figure_prefix(wildcards, output):

@@ -57,14 +57,44 @@ rule downstream:
         " --threads {threads} --device {params.device} > {log} 2>&1"
 
 
+rule evaluate_given:
+    """Test accuracy of a probe, fine-tuned or supervised checkpoint given in the config."""
+    input:
+        data=DATA_FILE,
+        checkpoint=given_checkpoint,
+    output:
+        "results/accuracy/{model}/{stage}.json",
+    wildcard_constraints:
+        stage="probe|finetune|supervised",
+    params:
+        settings=lambda w: stage_settings(w.model, "pretrain" if w.stage == "supervised" else w.stage),
+        device=config["device"],
+        code=code_hash("train"),
+    log:
+        "results/logs/evaluate/{model}/{stage}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{stage}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=2 * 60,
+        gpu=TRAIN_GPU,
+    conda:
+        ENV
+    shell:
+        "vitlandscape evaluate --stage {wildcards.stage} --settings {params.settings:q} --data {input.data}"
+        " --checkpoint {input.checkpoint} --metrics {output} --threads {threads} --device {params.device}"
+        " > {log} 2>&1"
+
+
 rule accuracy_table:
     input:
         accuracy_inputs(),
     output:
         report("results/metrics/accuracy.csv", caption="../report/accuracy_table.rst", category="Accuracy"),
     params:
-        metrics=lambda w, input: [f for f in input if f.endswith(".json")],
-        supervised=[f"{n}=results/checkpoints/{n}/pretrain.pt" for n in supervised()],
+        metrics=accuracy_metrics(),
+        supervised=[f"{n}=results/checkpoints/{n}/pretrain.pt" for n in trained_supervised()],
         code=code_hash("table"),
     log:
         "results/logs/accuracy_table.log",

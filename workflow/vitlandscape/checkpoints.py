@@ -1,9 +1,8 @@
-"""Reading and writing checkpoints: our own, the official MAE release, the RC-MAE release.
+"""Reading and writing checkpoint files; strict key and shape checks.
 
 Our checkpoints are dicts: `model` (the state_dict that represents the trained model
 downstream), `kind` (mae | classifier), `method`, `arch`, plus stage-specific entries.
-Official MAE: `{'model': state_dict, 'args': argparse.Namespace, ...}`.
-RC-MAE release: `{'student': ..., 'teacher': ...}` with a `module.` prefix on every key.
+Released checkpoints (official MAE, RC-MAE, DeiT, timm) are recognised in `formats`.
 Everything loads with `weights_only=True`; only argparse.Namespace is allow-listed.
 """
 import argparse
@@ -41,36 +40,20 @@ def atomic_save(obj, path) -> None:
         raise
 
 
-def load(path) -> dict:
+def load(path, mmap: bool = False) -> dict:
+    """A torch checkpoint file as a dict; `mmap=True` maps the tensors instead of reading
+    them (files in the zip format, torch >= 1.6)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as err:
             raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
-
-
-def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
-def state_dict_from(ckpt: dict, path, prefer: str) -> dict:
-    """The model weights of a checkpoint in any supported layout.
-
-    `prefer` picks `teacher` or `student` when the checkpoint holds both (RC-MAE release)
-    and has no `model` entry.
-    """
-    if "model" in ckpt:
-        return _strip_prefix(ckpt["model"])
-    if prefer in ckpt:
-        return _strip_prefix(ckpt[prefer])
-    raise CheckpointError(
-        f"checkpoint {path} has no 'model' or '{prefer}' entry (top-level keys: {', '.join(map(str, ckpt))})")
 
 
 def check_keys(expected: dict, state: dict, what: str) -> None:

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True)
         p.add_argument("--metrics", required=True, help="accuracy JSON to write")
 
+    p = sub.add_parser("evaluate", help="test accuracy of a given probe / fine-tuned / supervised checkpoint")
+    _common(p)
+    p.add_argument("--stage", dest="stage_name", required=True, choices=["probe", "finetune", "supervised"])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--metrics", required=True, help="accuracy JSON to write")
+
     p = sub.add_parser("directions", help="two filter-normalised random directions")
     _common(p, data=False)
     p.add_argument("--checkpoint", required=True)
@@ -142,6 +148,8 @@ def main(argv=None) -> None:
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
                           args.device)
+    elif args.stage == "evaluate":
+        stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device)
     elif args.stage == "directions":
         landscape.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":

@@ -43,8 +43,45 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     if wrong:
         out.append(f"{key}.objectives: {', '.join(wrong)} not available for method {m['method']} "
                    f"(choose from {', '.join(sorted(ALLOWED[m['method']]))})")
-    if m.get("checkpoint") and not Path(m["checkpoint"]).is_file():
-        out.append(f"{key}.checkpoint: file {m['checkpoint']} does not exist")
+    return out + _checkpoint_problems(key, m)
+
+
+def given_checkpoints(m: dict) -> dict:
+    """Config key -> (file, what it must serve) for every checkpoint the model entry gives."""
+    given = {}
+    if m.get("checkpoint"):
+        uses = [o for o in objectives(m) if o in ("pretext", "supervised")]
+        given["checkpoint"] = (m["checkpoint"], uses or ["encoder"])
+    for stage in ("probe", "finetune"):
+        if m.get(stage, {}).get("checkpoint"):
+            given[f"{stage}.checkpoint"] = (m[stage]["checkpoint"], [stage])
+    return given
+
+
+def _checkpoint_problems(key: str, m: dict) -> list[str]:
+    """Each given checkpoint exists, is in a recognised format that serves its use, and
+    records the same `norm_pix_loss` as the config (where it records one)."""
+    out = []
+    for name, (path, uses) in given_checkpoints(m).items():
+        if not Path(path).is_file():
+            out.append(f"{key}.{name}: file {path} does not exist")
+            continue
+        from vitlandscape import formats  # imports torch: only when a checkpoint is given
+
+        try:
+            ckpt = formats.read(path, prefer=m.get("downstream_weights", "teacher"), mmap=True)
+            for use in uses:
+                if use == "encoder":
+                    formats.encoder_source(ckpt)
+                else:
+                    formats.require(ckpt, use)
+        except (formats.CheckpointError, OSError) as err:
+            out.append(f"{key}.{name}: {err}")
+            continue
+        recorded = formats.args_norm_pix_loss(ckpt)
+        if "pretext" in uses and recorded is not None and recorded != m["norm_pix_loss"]:
+            out.append(f"{key}.norm_pix_loss is {m['norm_pix_loss']} but checkpoint {path} was trained with "
+                       f"norm_pix_loss={recorded}: the pretext loss would not be the one it minimised")
     return out
 
 

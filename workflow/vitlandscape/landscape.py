@@ -30,7 +30,8 @@ def versions() -> str:
 
 def make_directions(settings: dict, checkpoint, out) -> dict:
     ls = settings["landscape"]
-    model = objectives.load_model(settings["objective"], checkpoint, settings)
+    model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
+    print(f"checkpoint {checkpoint}: {ckpt.label}")
     dirs = directions.make(model, ls["direction_seed"], ls["normalization"], ls["perturb_1d"],
                            ls["perturb_frozen"], ls["orthogonal"])
     metadata = {"model": settings["name"], "objective": settings["objective"],
@@ -59,6 +60,7 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     pretext = settings["objective"] == "pretext"
     attrs = {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
              "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
+             "checkpoint_format": objective.info["checkpoint_format"],
              "directions_sha256": checkpoints.sha256(directions_path),
              "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
              "eval_samples": objective.info["eval_samples"],

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import checkpoints
+from vitlandscape import checkpoints, formats
 from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
-from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.classifier import build_classifier, classifier_for
 
 CLASSIFICATION = ("probe", "finetune", "supervised")
 
@@ -57,38 +57,51 @@ class Objective:
         return total.item() / count, correct.item() / count
 
 
+def model_for(ckpt: formats.Checkpoint, objective: str, model_cfg: dict) -> torch.nn.Module:
+    """The (untrained) model a checkpoint's weights load into for an objective. Ours
+    records its architecture and head; a released one takes the architecture from the
+    config and the number of classes from its head."""
+    formats.require(ckpt, objective)
+    if objective == "pretext":
+        return build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
+    if ckpt.format == "vitlandscape":
+        meta = ckpt.meta
+        return build_classifier(meta["arch"], meta["num_classes"], meta["head"], meta.get("global_pool", False))
+    pooling = formats.POOLING[ckpt.format]
+    head = ckpt.state["head.1.weight" if pooling == "probe" else "head.weight"]
+    return classifier_for(pooling, model_cfg["arch"], head.shape[0])
+
+
+def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, formats.Checkpoint]:
+    """The trained model behind an objective, in eval mode (strict key matching), and the
+    checkpoint it came from (its format is provenance). `downstream_weights` picks teacher
+    or student where the checkpoint holds both."""
+    if objective not in ("pretext",) + CLASSIFICATION:
+        raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
+    ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"])
+    model = model_for(ckpt, objective, model_cfg)
+    checkpoints.load_into(model, ckpt.state, what=f"checkpoint {checkpoint} ({ckpt.label})")
+    return model.eval(), ckpt
+
+
 def load_mae(path, model_cfg: dict) -> torch.nn.Module:
-    """An MAE from our checkpoint or an official / RC-MAE release one (strict key match);
-    `downstream_weights` picks teacher or student where the checkpoint holds both."""
-    ckpt = checkpoints.load(path)
-    state = checkpoints.state_dict_from(ckpt, path, prefer=model_cfg["downstream_weights"])
-    model = build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
-    checkpoints.load_into(model, state, what=f"checkpoint {path}")
-    return model
+    """An MAE with its decoder (official, RC-MAE release or ours), in eval mode."""
+    return load("pretext", path, model_cfg)[0]
 
 
 def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
-    """The trained model behind an objective, in eval mode (strict key matching)."""
-    if objective == "pretext":
-        return load_mae(checkpoint, model_cfg).eval()
-    if objective not in CLASSIFICATION:
-        raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
-    ckpt = checkpoints.load(checkpoint)
-    if ckpt.get("kind") != "classifier":
-        raise checkpoints.CheckpointError(
-            f"checkpoint {checkpoint} is not a classifier (objective {objective} needs one)")
-    model = build_classifier(ckpt["arch"], ckpt["num_classes"], ckpt["head"])
-    checkpoints.load_into(model, ckpt["model"], what=f"checkpoint {checkpoint}")
-    return model.eval()
+    return load(objective, checkpoint, model_cfg)[0]
 
 
 def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_size: int,
           mask_seed: int, device: torch.device) -> Objective:
     """Model and evaluation batches, all on `device`, for one objective."""
-    model = load_model(objective, checkpoint, model_cfg).to(device)
+    model, ckpt = load(objective, checkpoint, model_cfg)
+    model.to(device)
+    print(f"checkpoint {checkpoint}: {ckpt.label}")
     index = prepared["eval_index"]
     images = prepared["train_images"][index].to(device)
-    info = {"eval_samples": len(index)}
+    info = {"eval_samples": len(index), "checkpoint_format": ckpt.format}
     batches = []
     if objective == "pretext":
         noise = eval_noise(len(index), model.patch_embed.num_patches, mask_seed).to(device)

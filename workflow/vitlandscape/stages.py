@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vitlandscape import checkpoints, data, devices, objectives, train
+from vitlandscape import checkpoints, data, devices, formats, objectives, train
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 
@@ -78,13 +78,16 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     prepared = on_device(data.load_prepared(data_path), device)
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
-    mae = objectives.load_mae(checkpoint, cfg)
+    pretrained = formats.read(checkpoint, prefer=cfg["downstream_weights"])
+    print(f"pretrained checkpoint {checkpoint}: {pretrained.label}")
     hp = {**cfg[stage], "seed": cfg["seed"]}
-    model, history = train.downstream(mae.state_dict(), arch, prepared, hp, head=stage, device=device)
+    model, history = train.downstream(formats.encoder_source(pretrained), arch, prepared, hp, head=stage,
+                                      device=device)
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
                "test_top1": train.accuracy(model, prepared["test_images"], prepared["test_labels"]),
                "train_top1": train.accuracy(model, prepared["train_images"], prepared["train_labels"]),
-               "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint)}
+               "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
+               "checkpoint_format": pretrained.format}
     if stage == "probe":
         # The same probe on a randomly initialised encoder: what pretraining adds.
         torch.manual_seed(cfg["seed"])
@@ -93,26 +96,48 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
                                        device=device)
         metrics["random_init_test_top1"] = train.accuracy(baseline, prepared["test_images"],
                                                           prepared["test_labels"])
-    ckpt = {"kind": "classifier", "head": stage, "method": cfg["method"], "arch": arch,
-            "num_classes": prepared["num_classes"], "model": cpu_state(model), "history": history,
-            "test_top1": metrics["test_top1"]}
+    ckpt = {"kind": "classifier", "head": stage, "global_pool": hp.get("global_pool", False),
+            "method": cfg["method"], "arch": arch, "num_classes": prepared["num_classes"],
+            "model": cpu_state(model), "history": history, "test_top1": metrics["test_top1"]}
     checkpoints.atomic_save(ckpt, out)
     write_json(metrics, metrics_out)
     print(json.dumps(metrics, indent=2))
     return metrics
 
 
+def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="cpu") -> dict:
+    """Test top-1 of a given (released or earlier) probe, fine-tuned or supervised checkpoint,
+    for the accuracy table beside the stages the workflow trains."""
+    device = devices.resolve(device)
+    prepared = on_device(data.load_prepared(data_path), device)
+    model, ckpt = objectives.load(stage, checkpoint, cfg)
+    print(f"checkpoint {checkpoint}: {ckpt.label}")
+    classes = model.num_classes
+    if classes < prepared["num_classes"]:
+        raise ValueError(f"checkpoint {checkpoint} classifies {classes} classes but data set "
+                         f"{prepared['dataset']} has {prepared['num_classes']}")
+    metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
+               "test_top1": train.accuracy(model.to(device), prepared["test_images"], prepared["test_labels"]),
+               "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
+               "checkpoint_format": ckpt.format}
+    write_json(metrics, metrics_out)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
 def accuracy_table(metric_files, supervised_checkpoints, out) -> pd.DataFrame:
-    """One row per model: linear-probe, fine-tune and supervised top-1 (the paper's Table 1)."""
+    """One row per model: linear-probe, fine-tune and supervised top-1 (the paper's Table 1),
+    from the stages' metrics files and from the supervised models the workflow trained."""
     rows = {}
     for path in metric_files:
         m = json.loads(Path(path).read_text())
         row = rows.setdefault(m["model"], {"model": m["model"], "method": m["method"]})
         if m["stage"] == "probe":
             row["linear_probe_top1"] = m["test_top1"]
-            row["probe_random_init_top1"] = m["random_init_test_top1"]
+            # absent for a given probe checkpoint: no probe was trained on a random encoder
+            row["probe_random_init_top1"] = m.get("random_init_test_top1")
         else:
-            row["finetune_top1"] = m["test_top1"]
+            row[{"finetune": "finetune_top1", "supervised": "supervised_top1"}[m["stage"]]] = m["test_top1"]
     for name, path in supervised_checkpoints.items():
         ckpt = checkpoints.load(path)
         rows[name] = {"model": name, "method": "supervised", "supervised_top1": ckpt["test_top1"]}

@@ -145,9 +145,10 @@ def linear_probe(model, images, labels, hp: dict) -> list[dict]:
 
 
 def downstream(mae_state: dict, arch: dict, data: dict, hp: dict, head: str, device="cpu"):
-    """Linear probe or fine-tune on top of an MAE encoder. Returns (model, history)."""
+    """Linear probe or fine-tune (globally pooled when `hp['global_pool']`) on top of an MAE
+    encoder. Returns (model, history)."""
     torch.manual_seed(hp["seed"])  # the head's initialisation
-    model = build_classifier(arch, data["num_classes"], head)
+    model = build_classifier(arch, data["num_classes"], head, hp.get("global_pool", False))
     load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
     model.to(device)
     if head == "probe":
