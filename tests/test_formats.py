@@ -265,3 +265,23 @@ def test_config_check_refuses_a_probe_checkpoint_of_the_wrong_kind(tmp_path, def
     assert problems[0].startswith("models.mae.probe.checkpoint: checkpoint ")
     assert "is a mae_finetuned checkpoint, which cannot serve the probe objective" in problems[0]
     assert problems[1] == f"models.mae.finetune.checkpoint: file {tmp_path / 'absent.pth'} does not exist"
+
+
+def test_a_given_checkpoint_is_evaluated_for_the_accuracy_table(tmp_path, npz_dataset):
+    data_file = tmp_path / "data.pt"
+    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+                         "seed": 0, "test_fraction": 0.25}, data_file)
+    source = linprobe_vit(classes=3).eval()
+    torch.save({"model": source.state_dict()}, tmp_path / "linprobe.pth")
+    metrics = stages.evaluate(model_settings(), "probe", data_file, tmp_path / "linprobe.pth", tmp_path / "p.json")
+    prepared = torch.load(data_file, weights_only=True)
+    with torch.no_grad():
+        expected = (source(prepared["test_images"]).argmax(-1) == prepared["test_labels"]).double().mean().item()
+    assert metrics["test_top1"] == pytest.approx(expected, abs=1e-12)
+    assert (metrics["stage"], metrics["checkpoint_format"]) == ("probe", "mae_linprobe")
+    table = stages.accuracy_table([tmp_path / "p.json"], {}, tmp_path / "accuracy.csv")
+    assert table.loc[0, "linear_probe_top1"] == pytest.approx(expected)
+    assert table["probe_random_init_top1"].isna().all()  # no probe was trained on a random encoder
+    torch.save({"model": linprobe_vit(classes=2).state_dict()}, tmp_path / "two.pth")
+    with pytest.raises(ValueError, match="two.pth classifies 2 classes but data set npz has 3"):
+        stages.evaluate(model_settings(), "probe", data_file, tmp_path / "two.pth", tmp_path / "q.json")

@@ -33,3 +33,27 @@ def test_a_checkpoint_skips_pretraining(tmp_path, default_config):
     full = plan(tmp_path, default_config)
     assert {w["model"] for rule, w in full if rule == "pretrain"} == {"mae", "rcmae", "sup"}
     assert len(full) == len(jobs) + 1
+
+
+def test_given_probe_finetune_and_supervised_checkpoints_skip_training(tmp_path, default_config):
+    """Released classifiers are evaluated for the accuracy table instead of being trained."""
+    from vitlandscape.models.classifier import build_classifier
+    arch = default_config["models"]["mae"]["arch"]
+    sup_arch = default_config["models"]["sup"]["arch"]
+    torch.save({"model": build_classifier(arch, 10, "probe").state_dict()}, tmp_path / "linprobe.pth")
+    torch.save({"model": build_classifier(arch, 10, "finetune", global_pool=True).state_dict()},
+               tmp_path / "finetuned.pth")
+    torch.save(build_classifier(sup_arch, 10, "supervised").state_dict(), tmp_path / "deit.pth")
+    config = copy.deepcopy(default_config)
+    mae = config["models"]["mae"]  # its stage settings are YAML aliases shared with rcmae: copy them
+    mae["probe"] = {**mae["probe"], "checkpoint": str(tmp_path / "linprobe.pth")}
+    mae["finetune"] = {**mae["finetune"], "checkpoint": str(tmp_path / "finetuned.pth")}
+    config["models"]["sup"]["checkpoint"] = str(tmp_path / "deit.pth")
+    jobs = plan(tmp_path, config)
+    assert {w["model"] for rule, w in jobs if rule == "pretrain"} == {"mae", "rcmae"}
+    assert {(w["model"], w["stage"]) for rule, w in jobs if rule == "downstream"} == {("rcmae", "probe"),
+                                                                                       ("rcmae", "finetune")}
+    assert sorted((w["model"], w["stage"]) for rule, w in jobs if rule == "evaluate_given") == [
+        ("mae", "finetune"), ("mae", "probe"), ("sup", "supervised")]
+    assert ("directions", {"model": "mae", "objective": "probe"}) in jobs
+    assert ("directions", {"model": "sup", "objective": "supervised"}) in jobs
