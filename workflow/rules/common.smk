@@ -167,7 +167,7 @@ def accuracy_metrics():
     training stage, or from evaluating the checkpoint the config gives."""
     files = []
     for n in self_supervised():
-        for stage in ("probe", "finetune"):
+        for stage in MODELS[n]["accuracy"]:
             given = given_checkpoint_path(n, stage)
             files.append(f"results/accuracy/{n}/{stage}.json" if given else f"results/checkpoints/{n}/{stage}.json")
     return files + [f"results/accuracy/{n}/supervised.json" for n in supervised() if MODELS[n]["checkpoint"]]
