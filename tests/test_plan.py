@@ -72,3 +72,18 @@ def test_plan_command_writes_json(tmp_path):
     assert result["tflops"] == 50 and len(result["surfaces"]) == 5
     assert {"name", "flops_per_image", "images", "points", "total_flops", "gpu_hours"} <= set(result["surfaces"][0])
     assert "mae/pretext" in run.stdout and "GPU-hours at 50 TFLOP/s" in run.stdout
+
+
+@pytest.mark.subprocess
+def test_plan_without_measuring_imports_no_torch(tmp_path):
+    """The planner counts from the config: neither the module nor the command loads torch (2 s)."""
+    script = ("import sys\n"
+              "import vitlandscape.plan\n"
+              "assert 'torch' not in sys.modules, 'import vitlandscape.plan loaded torch'\n"
+              "from vitlandscape.cli import main\n"
+              f"main(['plan', '--configfile', {str(ROOT / 'config/config.yaml')!r}])\n"
+              "assert 'torch' not in sys.modules, 'the plan command loaded torch'\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "workflow"),
+                         "PATH": ""}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "mae/pretext" in run.stdout

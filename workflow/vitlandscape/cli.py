@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def settings_arg(text: str) -> dict:
     if text.startswith("@"):
@@ -132,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.stage == "plan":  # counts from the config: torch is imported only to measure
+        _plan(args)
+        return
+    import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from vitlandscape import landscape, plots, stages
@@ -162,8 +164,6 @@ def main(argv=None) -> None:
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "bench-grid":
         _bench(args)
-    elif args.stage == "plan":
-        _plan(args)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
     elif args.stage == "accuracy-table":
