@@ -109,12 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
-    p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface, from the config alone")
+    p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface and training stage, from the config")
     p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
     p.add_argument("--tflops", type=float, default=None,
                    help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
                    "digits, else 1000)")
+    p.add_argument("--train-images", type=int, default=None, help="training images per epoch (default: "
+                   "digits' training split; 1,281,167 for imagefolder, ImageNet-1k; required otherwise)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
     p = sub.add_parser("write-config", help="write the effective config (JSON settings) as YAML")
@@ -180,7 +182,11 @@ def _plan(args) -> None:
     config = yaml.safe_load(Path(args.configfile).read_text())
     validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
     num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
-    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes)
+    try:
+        train_images = args.train_images or plan.default_train_images(config)
+    except plan.PlanError as err:
+        raise SystemExit(f"plan: {err}") from None
+    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images)
     print(plan.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
