@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitlandscape import data, plan
+from vitlandscape import data, plan, throughput
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from conftest import ROOT, TINY_ARCH, model_settings, validated
@@ -134,6 +134,72 @@ def test_training_images_of_other_data_sets():
     config["models"]["m"].update(checkpoint="m.pth", probe={**config["models"]["m"]["probe"], "checkpoint": "p.pth"},
                                  finetune={**config["models"]["m"]["finetune"], "checkpoint": "f.pth"})
     assert plan.plan(config)["training"] == []  # nothing trains: the count is not needed
+
+
+def test_measured_rates_replace_the_assumed_one():
+    config = tiny_config(m=("mae", {}), s=("supervised", {}))
+    ips = {("m", "pretext"): 400.0, ("m", "probe"): 300.0, ("m", "finetune"): 200.0, ("s", "supervised"): 100.0}
+    result = plan.plan(config, num_classes=7, train_images=100,
+                       measured={"device": "cpu, 1 threads", "precision": "fp32", "images_per_s": ips})
+    assert (result["tflops"], result["device"], result["precision"]) == (None, "cpu, 1 threads", "fp32")
+    by_name = {s["name"]: s for s in result["surfaces"] + result["training"]}
+    pretext = 2 * TINY_PRETEXT * 400 / 1e12  # TFLOP/s achieved
+    assert (by_name["m/pretext"]["measured_images_per_s"], by_name["m/pretext"]["measured_tflops"]) == (400, pretext)
+    # a surface takes images x points / (images/s); a training stage runs at its forward's rate
+    s = by_name["s/supervised"]
+    assert s["gpu_hours"] == pytest.approx(s["images"] * s["points"] / 100 / 3600)
+    assert by_name["m/pretrain"]["gpu_hours"] == pytest.approx(by_name["m/pretrain"]["flops"] / (pretext * 1e12) / 3600)
+    assert by_name["m/finetune"]["tflops"] == 2 * (TINY_ENCODER + TINY_HEAD) * 200 / 1e12
+    assert by_name["m/probe"]["tflops"] == 2 * (TINY_ENCODER + TINY_HEAD) * 300 / 1e12
+    assert by_name["s/pretrain"]["tflops"] == s["measured_tflops"]
+
+
+def test_images_per_s_times_the_passes_after_the_warm_up(monkeypatch):
+    """On a clock that advances 0.25 s a pass: 3 warm-up passes, then the 4 that fill 1 s."""
+    clock, passes = [0.0], []
+
+    def run():
+        clock[0] += 0.25
+        passes.append(clock[0])
+
+    monkeypatch.setattr(throughput, "perf_counter", lambda: clock[0])
+    rate = throughput.images_per_s(run, 8, torch.device("cpu"), "fp32", 1.0)
+    assert len(passes) == 3 + 4 and rate == 4 * 8 / 1.0
+
+
+def test_measure_times_each_distinct_forward_once(monkeypatch):
+    config = tiny_config(m=("mae", {}), r=("rcmae", {}), half=("mae", {"mask_ratio": 0.5}))
+    timed = []
+    monkeypatch.setattr(throughput, "images_per_s", lambda *args: timed.append(args) or float(len(timed)))
+    measured = throughput.measure(config, plan.forwards(config), 7, "cpu", batch_size=2)
+    rates = measured["images_per_s"]
+    assert rates["m", "pretext"] == rates["r", "pretext"] != rates["half", "pretext"]  # same model, other mask
+    assert rates["m", "probe"] == rates["r", "probe"] == rates["half", "probe"]
+    assert len(timed) == len(set(rates.values())) == 4  # pretext x 2 mask ratios, probe, finetune
+    assert set(rates) == {(n, o) for n in ("m", "r", "half") for o in ("pretext", "probe", "finetune")}
+    assert (measured["precision"], measured["device"]) == ("fp32", f"cpu, {torch.get_num_threads()} threads")
+
+
+@pytest.mark.subprocess
+def test_plan_measures_on_the_cpu(tmp_path):
+    """`plan --measure` times the tiny models on the CPU (10 s on the 2-core machine, most of it importing torch and timm)."""
+    config = tiny_config(m=("mae", {}), s=("supervised", {}))
+    config["landscape"].update(alpha=[-1, 1, 3], beta=[-1, 1, 3], tile=[2, 2])
+    (tmp_path / "tiny.yaml").write_text(json.dumps(config))
+    run = subprocess.run([sys.executable, "-m", "vitlandscape", "plan", "--configfile", "tiny.yaml", "--measure",
+                          "--device", "cpu", "--batch-size", "4", "--measure-seconds", "0.1", "--json", "plan.json"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "plan.json").read_text())
+    assert result["device"].startswith("cpu, ") and result["precision"] == "fp32" and result["tflops"] is None
+    for s in result["surfaces"]:
+        assert s["measured_images_per_s"] > 0 and s["measured_tflops"] > 0
+        assert s["measured_tflops"] == pytest.approx(s["flops_per_image"] * s["measured_images_per_s"] / 1e12)
+        assert s["gpu_hours"] == pytest.approx(s["total_flops"] / (s["measured_tflops"] * 1e12) / 3600)
+    assert [t["name"] for t in result["training"]] == ["m/pretrain", "m/probe", "m/finetune", "s/pretrain"]
+    assert all(t["gpu_hours"] > 0 for t in result["training"])
+    assert "images/s" in run.stdout and "rates measured on cpu" in run.stdout
 
 
 @pytest.mark.subprocess

@@ -111,13 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface and training stage, from the config")
     p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
-    p.add_argument("--tflops", type=float, default=None,
-                   help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--tflops", type=float, default=None,
+                      help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+    rate.add_argument("--measure", action="store_true",
+                      help="time every model's forward pass on this machine and use the rates it achieves")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
                    "digits, else 1000)")
     p.add_argument("--train-images", type=int, default=None, help="training images per epoch (default: "
                    "digits' training split; 1,281,167 for imagefolder, ImageNet-1k; required otherwise)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    measure = p.add_argument_group("--measure options")
+    measure.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    measure.add_argument("--precision", default=None, choices=["bf16", "fp32"],
+                         help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on the CPU)")
+    measure.add_argument("--batch-size", type=int, default=None, help="default: landscape.batch_size")
+    measure.add_argument("--measure-seconds", type=float, default=2.0,
+                         help="timed seconds per distinct model, after 3 warm-up passes (default 2)")
 
     p = sub.add_parser("write-config", help="write the effective config (JSON settings) as YAML")
     p.add_argument("--settings", type=settings_arg, required=True)
@@ -184,9 +194,14 @@ def _plan(args) -> None:
     num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
     try:
         train_images = args.train_images or plan.default_train_images(config)
-    except plan.PlanError as err:
+    except plan.PlanError as err:  # before measuring: say it at once
         raise SystemExit(f"plan: {err}") from None
-    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images)
+    measured = None
+    if args.measure:
+        from vitlandscape import throughput
+        measured = throughput.measure(config, plan.forwards(config), num_classes, args.device, args.precision,
+                                      args.batch_size, args.measure_seconds)
+    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images, measured)
     print(plan.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

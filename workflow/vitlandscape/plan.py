@@ -6,7 +6,8 @@ included (torch's FLOP counter does not see the fused attention kernel on the CP
 transformer block and token: qkv 3 D^2, output projection D^2, MLP 2 r D^2 (r = 4), and
 attention 2 T D for T tokens (scores and weighted values). The MAE pretext loss embeds
 every patch, encodes the cls token + the kept patches, and decodes all L + 1 tokens.
-Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data.
+Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
+torch: `vitlandscape.throughput` measures the rates that replace the assumed one).
 """
 import math
 
@@ -97,6 +98,13 @@ def default_train_images(config: dict) -> int | None:
                     "the config: give it (plan --train-images N)")
 
 
+def forwards(config: dict) -> list[tuple[str, str]]:
+    """(model, objective) of every forward pass the plan needs a rate for: surfaces, then training."""
+    pairs = [(name, o) for name, m in config["models"].items() for o in configcheck.objectives(m)]
+    pairs += [(name, stage_forward(m, s)) for name, m in config["models"].items() for s in training_stages(m)]
+    return list(dict.fromkeys(pairs))
+
+
 def hours(flops: float, tflops: float) -> float:
     return flops / (tflops * 1e12) / 3600
 
@@ -132,34 +140,51 @@ def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     return out
 
 
-def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000,
-         train_images: int | None = None) -> dict:
+def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, train_images: int | None = None,
+         measured: dict | None = None) -> dict:
     """Cost of every surface (and of one tile) and of every training stage of a schema-validated
-    config at `tflops` sustained. train_images: per epoch (default_train_images)."""
+    config, at `tflops` sustained or, when `measured` (`throughput.measure`) is given, at the
+    rate each forward pass achieved there. train_images: per epoch (default_train_images)."""
     if train_images is None:
         train_images = default_train_images(config)
 
     def rate(name, objective):
-        return tflops
+        if measured is None:
+            return tflops
+        # achieved TFLOP/s: FLOPs counted by hand x images/s measured
+        ips = measured["images_per_s"][name, objective]
+        return flops_per_image(config["models"][name], objective, num_classes) * ips / 1e12
 
-    result = {"tflops": tflops, "num_classes": num_classes, "surfaces": surfaces(config, num_classes, rate),
+    result = {"tflops": None if measured else tflops, "num_classes": num_classes,
+              "surfaces": surfaces(config, num_classes, rate),
               "training": training(config, num_classes, train_images, rate)}
+    if measured:
+        result.update(device=measured["device"], precision=measured["precision"])
+        for entry in result["surfaces"]:
+            name, objective = entry["name"].split("/")
+            entry["measured_images_per_s"] = measured["images_per_s"][name, objective]
+            entry["measured_tflops"] = rate(name, objective)
     result["total_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["surfaces"])
     result["total_training_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["training"])
     return result
 
 
 def table(result: dict) -> str:
+    measured = result["tflops"] is None
     lines = [f"{'surface':24s} {'FLOP/image':>10s} {'images':>7s} {'points':>7s} {'FLOP':>10s} "
-             f"{'GPU-hours':>10s} {'per tile':>10s}"]
+             f"{'GPU-hours':>10s} {'per tile':>10s}" + (f" {'images/s':>9s} {'TFLOP/s':>8s}" if measured else "")]
     for s in result["surfaces"]:
         lines.append(f"{s['name']:24s} {s['flops_per_image']:10.3g} {s['images']:7d} {s['points']:7d} "
-                     f"{s['total_flops']:10.3g} {s['gpu_hours']:10.3g} {s['tile_gpu_hours']:10.3g}")
-    rate = f"{result['tflops']:g} TFLOP/s sustained"
+                     f"{s['total_flops']:10.3g} {s['gpu_hours']:10.3g} {s['tile_gpu_hours']:10.3g}"
+                     + (f" {s['measured_images_per_s']:9.1f} {s['measured_tflops']:8.3g}" if measured else ""))
+    rate = (f"the rates measured on {result['device']} ({result['precision']})" if measured
+            else f"{result['tflops']:g} TFLOP/s sustained")
     lines.append(f"total {result['total_gpu_hours']:.3g} GPU-hours at {rate}")
     lines += ["", f"{'training':24s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} {'GPU-hours':>10s}"]
     for t in result["training"]:
         lines.append(f"{t['name']:24s} {t['flops']:10.3g} {t['images']:9d} {t['epochs']:7d} {t['tflops']:8.3g} "
                      f"{t['gpu_hours']:10.3g}")
+    # a training step's backward is assumed to run at its forward's rate
+    rate = "the forward rates measured" if measured else rate
     lines.append(f"total {result['total_training_gpu_hours']:.3g} GPU-hours of training at {rate}")
     return "\n".join(lines)
