@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitlandscape import plan
+from vitlandscape import data, plan, throughput
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from conftest import ROOT, TINY_ARCH, model_settings, validated
@@ -61,6 +61,147 @@ def test_plan_of_a_config(default_config):
     assert result["total_gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in result["surfaces"]))
 
 
+# Tiny ViT (TINY_ARCH: 16 px, patch 4 -> 16 patches of 4*4*3 = 48 values; width 32, 2 blocks; decoder
+# 16 wide, 1 block) with 7 classes, counted by hand in multiply-adds. A block on T tokens of width w:
+# T * (3 w^2 qkv + w^2 projection + 8 w^2 MLP) + 2 T^2 w attention.
+TINY_ENCODER = 16 * 48 * 32 + 2 * (17 * 12 * 32 ** 2 + 2 * 17 ** 2 * 32)  # all 16 patches + cls
+TINY_HEAD = 32 * 7
+# mask 0.75 keeps 4 patches (+ cls = 5 tokens); the decoder embeds 5, decodes and predicts 17 tokens
+TINY_PRETEXT = (16 * 48 * 32 + 2 * (5 * 12 * 32 ** 2 + 2 * 5 ** 2 * 32)
+                + 5 * 32 * 16 + (17 * 12 * 16 ** 2 + 2 * 17 ** 2 * 16) + 17 * 16 * 48)
+
+
+def tiny_config(**models) -> dict:
+    """A validated config of tiny models (stage epochs pretrain 2, probe 3, finetune 5) on digits."""
+    stages = {"pretrain": {"epochs": 2}, "probe": {"epochs": 3}, "finetune": {"epochs": 5}}
+    entries = {name: {"arch": dict(TINY_ARCH) if method != "supervised" else
+                      {k: TINY_ARCH[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")},
+                      **stages, **extra, "method": method}
+               for name, (method, extra) in models.items()}
+    return validated({"data": {"image_size": 16}, "models": entries})
+
+
+def test_training_flops_counted_by_hand():
+    config = tiny_config(m=("mae", {}), r=("rcmae", {"probe": {"epochs": 3, "features": "cached"}}),
+                         s=("supervised", {}))
+    result = plan.plan(config, tflops=2.0, num_classes=7, train_images=100)
+    by_name = {t["name"]: t for t in result["training"]}
+    mac = 2  # FLOPs per multiply-add
+    assert by_name["m/pretrain"]["flops"] == 2 * 100 * 3 * mac * TINY_PRETEXT  # forward + backward = 3 forwards
+    assert by_name["r/pretrain"]["flops"] == 2 * 100 * 4 * mac * TINY_PRETEXT  # + the teacher's forward
+    # streaming probe: the encoder every epoch; cached: once; the head trains every epoch
+    assert by_name["m/probe"]["flops"] == 100 * (3 * mac * TINY_ENCODER + 3 * 3 * mac * TINY_HEAD)
+    assert by_name["r/probe"]["flops"] == 100 * (1 * mac * TINY_ENCODER + 3 * 3 * mac * TINY_HEAD)
+    assert by_name["m/finetune"]["flops"] == 5 * 100 * 3 * mac * (TINY_ENCODER + TINY_HEAD)
+    assert by_name["r/finetune"]["flops"] == by_name["m/finetune"]["flops"]  # no teacher after pretraining
+    assert by_name["s/pretrain"]["flops"] == 2 * 100 * 3 * mac * (TINY_ENCODER + TINY_HEAD)
+    assert set(by_name) == {"m/pretrain", "m/probe", "m/finetune", "r/pretrain", "r/probe", "r/finetune",
+                            "s/pretrain"}
+    assert [(t["images"], t["epochs"]) for t in result["training"]] == [
+        (100, 2), (100, 3), (100, 5), (100, 2), (100, 3), (100, 5), (100, 2)]
+    for t in result["training"]:
+        assert t["gpu_hours"] == pytest.approx(t["flops"] / 2e12 / 3600)
+    assert result["total_training_gpu_hours"] == pytest.approx(sum(t["gpu_hours"] for t in result["training"]))
+
+
+def test_given_checkpoints_skip_their_stages():
+    config = tiny_config(given=("mae", {"checkpoint": "mae.pth"}),
+                         probed=("rcmae", {"probe": {"checkpoint": "probe.pth"}}),
+                         tuned=("mae", {"finetune": {"checkpoint": "finetune.pth"}}),
+                         done=("mae", {"checkpoint": "a.pth", "probe": {"checkpoint": "b.pth"},
+                                       "finetune": {"checkpoint": "c.pth"}}),
+                         sup=("supervised", {"checkpoint": "deit.pth"}))
+    names = [t["name"] for t in plan.plan(config, num_classes=7, train_images=100)["training"]]
+    assert names == ["given/probe", "given/finetune", "probed/pretrain", "probed/finetune",
+                     "tuned/pretrain", "tuned/probe"]
+
+
+@pytest.mark.parametrize("test_fraction", [0.2, 0.3])
+def test_digits_training_images_are_those_of_the_split(test_fraction):
+    config = tiny_config(m=("mae", {}))
+    config["data"]["test_fraction"] = test_fraction
+    assert plan.plan(config)["training"][0]["images"] == len(data.prepare(config["data"])["train_images"])
+
+
+def test_training_images_of_other_data_sets():
+    config = tiny_config(m=("mae", {}))
+    config["data"].update(dataset="imagefolder", path="imagenet")
+    assert plan.plan(config)["training"][0]["images"] == 1_281_167  # ImageNet-1k's training split
+    config["data"]["dataset"] = "npz"
+    with pytest.raises(plan.PlanError, match="--train-images"):
+        plan.plan(config)
+    assert plan.plan(config, train_images=50)["training"][0]["images"] == 50
+    config["models"]["m"].update(checkpoint="m.pth", probe={**config["models"]["m"]["probe"], "checkpoint": "p.pth"},
+                                 finetune={**config["models"]["m"]["finetune"], "checkpoint": "f.pth"})
+    assert plan.plan(config)["training"] == []  # nothing trains: the count is not needed
+
+
+def test_measured_rates_replace_the_assumed_one():
+    config = tiny_config(m=("mae", {}), s=("supervised", {}))
+    ips = {("m", "pretext"): 400.0, ("m", "probe"): 300.0, ("m", "finetune"): 200.0, ("s", "supervised"): 100.0}
+    result = plan.plan(config, num_classes=7, train_images=100,
+                       measured={"device": "cpu, 1 threads", "precision": "fp32", "images_per_s": ips})
+    assert (result["tflops"], result["device"], result["precision"]) == (None, "cpu, 1 threads", "fp32")
+    by_name = {s["name"]: s for s in result["surfaces"] + result["training"]}
+    pretext = 2 * TINY_PRETEXT * 400 / 1e12  # TFLOP/s achieved
+    assert (by_name["m/pretext"]["measured_images_per_s"], by_name["m/pretext"]["measured_tflops"]) == (400, pretext)
+    # a surface takes images x points / (images/s); a training stage runs at its forward's rate
+    s = by_name["s/supervised"]
+    assert s["gpu_hours"] == pytest.approx(s["images"] * s["points"] / 100 / 3600)
+    assert by_name["m/pretrain"]["gpu_hours"] == pytest.approx(by_name["m/pretrain"]["flops"] / (pretext * 1e12) / 3600)
+    assert by_name["m/finetune"]["tflops"] == 2 * (TINY_ENCODER + TINY_HEAD) * 200 / 1e12
+    assert by_name["m/probe"]["tflops"] == 2 * (TINY_ENCODER + TINY_HEAD) * 300 / 1e12
+    assert by_name["s/pretrain"]["tflops"] == s["measured_tflops"]
+
+
+def test_images_per_s_times_the_passes_after_the_warm_up(monkeypatch):
+    """On a clock that advances 0.25 s a pass: 3 warm-up passes, then the 4 that fill 1 s."""
+    clock, passes = [0.0], []
+
+    def run():
+        clock[0] += 0.25
+        passes.append(clock[0])
+
+    monkeypatch.setattr(throughput, "perf_counter", lambda: clock[0])
+    rate = throughput.images_per_s(run, 8, torch.device("cpu"), "fp32", 1.0)
+    assert len(passes) == 3 + 4 and rate == 4 * 8 / 1.0
+
+
+def test_measure_times_each_distinct_forward_once(monkeypatch):
+    config = tiny_config(m=("mae", {}), r=("rcmae", {}), half=("mae", {"mask_ratio": 0.5}))
+    timed = []
+    monkeypatch.setattr(throughput, "images_per_s", lambda *args: timed.append(args) or float(len(timed)))
+    measured = throughput.measure(config, plan.forwards(config), 7, "cpu", batch_size=2)
+    rates = measured["images_per_s"]
+    assert rates["m", "pretext"] == rates["r", "pretext"] != rates["half", "pretext"]  # same model, other mask
+    assert rates["m", "probe"] == rates["r", "probe"] == rates["half", "probe"]
+    assert len(timed) == len(set(rates.values())) == 4  # pretext x 2 mask ratios, probe, finetune
+    assert set(rates) == {(n, o) for n in ("m", "r", "half") for o in ("pretext", "probe", "finetune")}
+    assert (measured["precision"], measured["device"]) == ("fp32", f"cpu, {torch.get_num_threads()} threads")
+
+
+@pytest.mark.subprocess
+def test_plan_measures_on_the_cpu(tmp_path):
+    """`plan --measure` times the tiny models on the CPU (10 s on the 2-core machine, most of it importing torch and timm)."""
+    config = tiny_config(m=("mae", {}), s=("supervised", {}))
+    config["landscape"].update(alpha=[-1, 1, 3], beta=[-1, 1, 3], tile=[2, 2])
+    (tmp_path / "tiny.yaml").write_text(json.dumps(config))
+    run = subprocess.run([sys.executable, "-m", "vitlandscape", "plan", "--configfile", "tiny.yaml", "--measure",
+                          "--device", "cpu", "--batch-size", "4", "--measure-seconds", "0.1", "--json", "plan.json"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "plan.json").read_text())
+    assert result["device"].startswith("cpu, ") and result["precision"] == "fp32" and result["tflops"] is None
+    for s in result["surfaces"]:
+        assert s["measured_images_per_s"] > 0 and s["measured_tflops"] > 0
+        assert s["measured_tflops"] == pytest.approx(s["flops_per_image"] * s["measured_images_per_s"] / 1e12)
+        assert s["gpu_hours"] == pytest.approx(s["total_flops"] / (s["measured_tflops"] * 1e12) / 3600)
+    assert [t["name"] for t in result["training"]] == ["m/pretrain", "m/probe", "m/finetune", "s/pretrain"]
+    assert all(t["gpu_hours"] > 0 for t in result["training"])
+    assert "images/s" in run.stdout and "rates measured on cpu" in run.stdout
+
+
 @pytest.mark.subprocess
 def test_plan_command_writes_json(tmp_path):
     run = subprocess.run([sys.executable, "-m", "vitlandscape", "plan", "--configfile", str(ROOT / "config/config.yaml"),
@@ -72,3 +213,20 @@ def test_plan_command_writes_json(tmp_path):
     assert result["tflops"] == 50 and len(result["surfaces"]) == 5
     assert {"name", "flops_per_image", "images", "points", "total_flops", "gpu_hours"} <= set(result["surfaces"][0])
     assert "mae/pretext" in run.stdout and "GPU-hours at 50 TFLOP/s" in run.stdout
+    assert [t["name"] for t in result["training"]][:3] == ["mae/pretrain", "mae/probe", "mae/finetune"]
+    assert "mae/finetune" in run.stdout and "GPU-hours of training" in run.stdout
+
+
+@pytest.mark.subprocess
+def test_plan_without_measuring_imports_no_torch(tmp_path):
+    """The planner counts from the config: neither the module nor the command loads torch (2 s)."""
+    script = ("import sys\n"
+              "import vitlandscape.plan\n"
+              "assert 'torch' not in sys.modules, 'import vitlandscape.plan loaded torch'\n"
+              "from vitlandscape.cli import main\n"
+              f"main(['plan', '--configfile', {str(ROOT / 'config/config.yaml')!r}])\n"
+              "assert 'torch' not in sys.modules, 'the plan command loaded torch'\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "workflow"),
+                         "PATH": ""}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "mae/pretext" in run.stdout

@@ -210,8 +210,10 @@ MODULE_STAGES = {
     "landscape.py": {"landscape"}, "directions.py": {"landscape"}, "grid.py": {"landscape"},
     "surface.py": {"landscape"},
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
-    # argument parsing, config checks, the cost planner and the benchmark compute no result
-    "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "bench.py": set(),
+    # argument parsing, config checks, the cost planner (and its throughput measurement) and the benchmark
+    # compute no result
+    "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "throughput.py": set(),
+    "bench.py": set(),
 }
 def rules_with_changed_params(workdir: Path) -> set[str]:
     """Rules of the outputs whose own params (code hash included) changed, from `--summary`:

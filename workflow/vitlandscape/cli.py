@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def settings_arg(text: str) -> dict:
     if text.startswith("@"):
@@ -117,13 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
-    p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface, from the config alone")
+    p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface and training stage, from the config")
     p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
-    p.add_argument("--tflops", type=float, default=None,
-                   help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--tflops", type=float, default=None,
+                      help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+    rate.add_argument("--measure", action="store_true",
+                      help="time every model's forward pass on this machine and use the rates it achieves")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
                    "digits, else 1000)")
+    p.add_argument("--train-images", type=int, default=None, help="training images per epoch (default: "
+                   "digits' training split; 1,281,167 for imagefolder, ImageNet-1k; required otherwise)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    measure = p.add_argument_group("--measure options")
+    measure.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    measure.add_argument("--precision", default=None, choices=["bf16", "fp32"],
+                         help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on the CPU)")
+    measure.add_argument("--batch-size", type=int, default=None, help="default: landscape.batch_size")
+    measure.add_argument("--measure-seconds", type=float, default=2.0,
+                         help="timed seconds per distinct model, after 3 warm-up passes (default 2)")
 
     p = sub.add_parser("write-config", help="write the effective config (JSON settings) as YAML")
     p.add_argument("--settings", type=settings_arg, required=True)
@@ -138,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.stage == "plan":  # counts from the config: torch is imported only to measure
+        _plan(args)
+        return
+    import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from vitlandscape import landscape, plots, stages
@@ -170,8 +184,6 @@ def main(argv=None) -> None:
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "bench-grid":
         _bench(args)
-    elif args.stage == "plan":
-        _plan(args)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
     elif args.stage == "accuracy-table":
@@ -188,7 +200,16 @@ def _plan(args) -> None:
     config = yaml.safe_load(Path(args.configfile).read_text())
     validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
     num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
-    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes)
+    try:
+        train_images = args.train_images or plan.default_train_images(config)
+    except plan.PlanError as err:  # before measuring: say it at once
+        raise SystemExit(f"plan: {err}") from None
+    measured = None
+    if args.measure:
+        from vitlandscape import throughput
+        measured = throughput.measure(config, plan.forwards(config), num_classes, args.device, args.precision,
+                                      args.batch_size, args.measure_seconds)
+    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images, measured)
     print(plan.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

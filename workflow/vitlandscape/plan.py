@@ -1,11 +1,13 @@
-"""What a run will cost, from the config alone: FLOPs per image, grid points, GPU-hours.
+"""What a run will cost, from the config alone: FLOPs per image, grid points, GPU-hours,
+for every surface and every training stage.
 
 Multiply-adds of the ViT are counted by hand (one multiply-add = 2 FLOPs), attention
 included (torch's FLOP counter does not see the fused attention kernel on the CPU). Per
 transformer block and token: qkv 3 D^2, output projection D^2, MLP 2 r D^2 (r = 4), and
 attention 2 T D for T tokens (scores and weighted values). The MAE pretext loss embeds
 every patch, encodes the cls token + the kept patches, and decodes all L + 1 tokens.
-Needs neither checkpoints nor data.
+Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
+torch: `vitlandscape.throughput` measures the rates that replace the assumed one).
 """
 import math
 
@@ -16,16 +18,28 @@ MLP_RATIO = 4
 # Sustained throughput assumed when none is given: bf16 inference of ViT-B-sized models on a
 # current data-centre GPU at roughly 40% of its dense peak. An assumption, not a measurement.
 DEFAULT_TFLOPS = 300.0
+DIGITS_IMAGES = 1797  # scikit-learn's load_digits
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k's training split, assumed for imagefolder
+
+
+class PlanError(ValueError):
+    """The config alone does not say what the plan needs."""
 
 
 def block_macs(width: int, tokens: int) -> int:
     return tokens * (4 + 2 * MLP_RATIO) * width ** 2 + 2 * tokens ** 2 * width
 
 
-def classifier_macs(dims: dict, num_classes: int) -> int:
-    """A ViT classifying from the cls token: patch embedding, blocks on L + 1 tokens, head."""
+def encoder_macs(dims: dict) -> int:
+    """The ViT encoder on a whole image: patch embedding, blocks on L + 1 tokens."""
     d, p, length = dims["embed_dim"], dims["patch_size"], (dims["img_size"] // dims["patch_size"]) ** 2
-    return length * 3 * p * p * d + dims["depth"] * block_macs(d, length + 1) + d * num_classes
+    return length * 3 * p * p * d + dims["depth"] * block_macs(d, length + 1)
+
+
+def classifier_macs(dims: dict, num_classes: int) -> int:
+    """A ViT classifier: the encoder and a linear head. Pooling the cls token or the mean of
+    the patch tokens (fine-tuning's global pool) and the norms are no multiply-adds."""
+    return encoder_macs(dims) + dims["embed_dim"] * num_classes
 
 
 def pretext_macs(dims: dict, mask_ratio: float) -> int:
@@ -44,31 +58,133 @@ def flops_per_image(model_cfg: dict, objective: str, num_classes: int) -> int:
     return 2 * classifier_macs(resolve_arch(model_cfg["arch"], with_decoder=False), num_classes)
 
 
-def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000) -> dict:
-    """Cost of every surface (and of one tile) of a schema-validated config."""
+def training_stages(m: dict) -> list[str]:
+    """The training stages the workflow runs for a model: a given checkpoint skips its stage."""
+    stages = [] if m["checkpoint"] else ["pretrain"]
+    if m["method"] != "supervised":
+        stages += [s for s in ("probe", "finetune") if not m[s]["checkpoint"]]
+    return stages
+
+
+def stage_forward(m: dict, stage: str) -> str:
+    """The objective whose forward pass a training stage repeats (whose rate it runs at)."""
+    if stage == "pretrain":
+        return "supervised" if m["method"] == "supervised" else "pretext"
+    return stage
+
+
+def stage_flops(m: dict, stage: str, num_classes: int, images: int) -> int:
+    """FLOPs of one training stage on `images` training images per epoch."""
+    epochs = m[stage]["epochs"]
+    if stage == "probe":
+        # a frozen encoder (run once when its features are cached) under a trained linear head
+        dims = resolve_arch(m["arch"], with_decoder=False)
+        encoder_passes = 1 if m["probe"]["features"] == "cached" else epochs
+        return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * 3 * 2 * dims["embed_dim"] * num_classes)
+    passes = 4 if stage == "pretrain" and m["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
+    return epochs * images * passes * flops_per_image(m, stage_forward(m, stage), num_classes)
+
+
+def default_train_images(config: dict) -> int | None:
+    """Training images per epoch, where the config alone tells; None when nothing trains."""
+    if not any(training_stages(m) for m in config["models"].values()):
+        return None
+    data = config["data"]
+    if data["dataset"] == "digits":
+        return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare
+    if data["dataset"] == "imagefolder":
+        return IMAGENET_TRAIN_IMAGES
+    raise PlanError(f"the number of training images of data.dataset {data['dataset']} is not known from "
+                    "the config: give it (plan --train-images N)")
+
+
+def forwards(config: dict) -> list[tuple[str, str]]:
+    """(model, objective) of every forward pass the plan needs a rate for: surfaces, then training."""
+    pairs = [(name, o) for name, m in config["models"].items() for o in configcheck.objectives(m)]
+    pairs += [(name, stage_forward(m, s)) for name, m in config["models"].items() for s in training_stages(m)]
+    return list(dict.fromkeys(pairs))
+
+
+def hours(flops: float, tflops: float) -> float:
+    return flops / (tflops * 1e12) / 3600
+
+
+def surfaces(config: dict, num_classes: int, rate) -> list[dict]:
+    """Cost of every surface and of one of its tiles; `rate(model, objective)` in TFLOP/s."""
     ls = config["landscape"]
     images = config["data"]["eval_samples"]
     points = int(ls["alpha"][2]) * int(ls["beta"][2])
     tiles = len(grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]))
     tile_points = min(int(ls["tile"][0]), int(ls["alpha"][2])) * min(int(ls["tile"][1]), int(ls["beta"][2]))
-    surfaces = []
+    out = []
     for name, m in config["models"].items():
         for objective in configcheck.objectives(m):
             flops = flops_per_image(m, objective, num_classes)
             total = flops * images * points
-            surfaces.append({"name": f"{name}/{objective}", "flops_per_image": flops, "images": images,
-                             "points": points, "tiles": tiles, "total_flops": total,
-                             "gpu_hours": total / (tflops * 1e12) / 3600,
-                             "tile_gpu_hours": flops * images * tile_points / (tflops * 1e12) / 3600})
-    return {"tflops": tflops, "num_classes": num_classes, "surfaces": surfaces,
-            "total_gpu_hours": math.fsum(s["gpu_hours"] for s in surfaces)}
+            out.append({"name": f"{name}/{objective}", "flops_per_image": flops, "images": images,
+                        "points": points, "tiles": tiles, "total_flops": total,
+                        "gpu_hours": hours(total, rate(name, objective)),
+                        "tile_gpu_hours": hours(flops * images * tile_points, rate(name, objective))})
+    return out
+
+
+def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
+    """Cost of every training stage on `images` training images per epoch."""
+    out = []
+    for name, m in config["models"].items():
+        for stage in training_stages(m):
+            flops = stage_flops(m, stage, num_classes, images)
+            tflops = rate(name, stage_forward(m, stage))
+            out.append({"name": f"{name}/{stage}", "flops": flops, "images": images, "epochs": m[stage]["epochs"],
+                        "tflops": tflops, "gpu_hours": hours(flops, tflops)})
+    return out
+
+
+def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, train_images: int | None = None,
+         measured: dict | None = None) -> dict:
+    """Cost of every surface (and of one tile) and of every training stage of a schema-validated
+    config, at `tflops` sustained or, when `measured` (`throughput.measure`) is given, at the
+    rate each forward pass achieved there. train_images: per epoch (default_train_images)."""
+    if train_images is None:
+        train_images = default_train_images(config)
+
+    def rate(name, objective):
+        if measured is None:
+            return tflops
+        # achieved TFLOP/s: FLOPs counted by hand x images/s measured
+        ips = measured["images_per_s"][name, objective]
+        return flops_per_image(config["models"][name], objective, num_classes) * ips / 1e12
+
+    result = {"tflops": None if measured else tflops, "num_classes": num_classes,
+              "surfaces": surfaces(config, num_classes, rate),
+              "training": training(config, num_classes, train_images, rate)}
+    if measured:
+        result.update(device=measured["device"], precision=measured["precision"])
+        for entry in result["surfaces"]:
+            name, objective = entry["name"].split("/")
+            entry["measured_images_per_s"] = measured["images_per_s"][name, objective]
+            entry["measured_tflops"] = rate(name, objective)
+    result["total_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["surfaces"])
+    result["total_training_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["training"])
+    return result
 
 
 def table(result: dict) -> str:
+    measured = result["tflops"] is None
     lines = [f"{'surface':24s} {'FLOP/image':>10s} {'images':>7s} {'points':>7s} {'FLOP':>10s} "
-             f"{'GPU-hours':>10s} {'per tile':>10s}"]
+             f"{'GPU-hours':>10s} {'per tile':>10s}" + (f" {'images/s':>9s} {'TFLOP/s':>8s}" if measured else "")]
     for s in result["surfaces"]:
         lines.append(f"{s['name']:24s} {s['flops_per_image']:10.3g} {s['images']:7d} {s['points']:7d} "
-                     f"{s['total_flops']:10.3g} {s['gpu_hours']:10.3g} {s['tile_gpu_hours']:10.3g}")
-    lines.append(f"total {result['total_gpu_hours']:.3g} GPU-hours at {result['tflops']:g} TFLOP/s sustained")
+                     f"{s['total_flops']:10.3g} {s['gpu_hours']:10.3g} {s['tile_gpu_hours']:10.3g}"
+                     + (f" {s['measured_images_per_s']:9.1f} {s['measured_tflops']:8.3g}" if measured else ""))
+    rate = (f"the rates measured on {result['device']} ({result['precision']})" if measured
+            else f"{result['tflops']:g} TFLOP/s sustained")
+    lines.append(f"total {result['total_gpu_hours']:.3g} GPU-hours at {rate}")
+    lines += ["", f"{'training':24s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} {'GPU-hours':>10s}"]
+    for t in result["training"]:
+        lines.append(f"{t['name']:24s} {t['flops']:10.3g} {t['images']:9d} {t['epochs']:7d} {t['tflops']:8.3g} "
+                     f"{t['gpu_hours']:10.3g}")
+    # a training step's backward is assumed to run at its forward's rate
+    rate = "the forward rates measured" if measured else rate
+    lines.append(f"total {result['total_training_gpu_hours']:.3g} GPU-hours of training at {rate}")
     return "\n".join(lines)

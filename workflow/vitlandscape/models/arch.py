@@ -1,6 +1,8 @@
-"""Architectures by name (the official MAE presets) or by explicit dimensions."""
-from vitlandscape.models.mae import MaskedAutoencoderViT
+"""Architectures by name (the official MAE presets) or by explicit dimensions.
 
+Torch-free apart from `build_mae`, so the config checks and the cost planner read the
+dimensions without paying the torch import.
+"""
 ENCODER_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
 DECODER_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
@@ -36,5 +38,7 @@ def resolve_arch(arch, with_decoder: bool) -> dict:
     return {k: int(arch[k]) for k in needed}
 
 
-def build_mae(arch: dict, norm_pix_loss: bool = False) -> MaskedAutoencoderViT:
+def build_mae(arch: dict, norm_pix_loss: bool = False):
+    """The MAE autoencoder (a `MaskedAutoencoderViT`) of `arch`."""
+    from vitlandscape.models.mae import MaskedAutoencoderViT
     return MaskedAutoencoderViT(**resolve_arch(arch, with_decoder=True), norm_pix_loss=norm_pix_loss)

@@ -1,0 +1,85 @@
+"""Sustained inference throughput of the configured models on this machine (`plan --measure`).
+
+Each distinct (architecture, objective) is built at random initialisation and timed on
+random inputs of its image size: a few warm-up passes, then as many passes as fill the
+time asked for, synchronised once at the end on CUDA.
+"""
+import json
+import math
+from time import perf_counter
+
+import torch
+
+from vitlandscape import devices
+from vitlandscape.models.arch import build_mae, resolve_arch
+from vitlandscape.models.classifier import build_classifier
+
+WARMUP_PASSES = 3
+MIN_PASSES = 2
+
+
+def forward_pass(m: dict, objective: str, num_classes: int, batch_size: int, device: torch.device):
+    """A no-argument function running one batch through the model of `objective`."""
+    dims = resolve_arch(m["arch"], with_decoder=objective == "pretext")
+    x = torch.randn(batch_size, 3, dims["img_size"], dims["img_size"], device=device)
+    if objective == "pretext":
+        model = build_mae(dims, m["norm_pix_loss"]).to(device).eval()
+        patches = (dims["img_size"] // dims["patch_size"]) ** 2
+        noise = torch.rand(batch_size, patches, generator=torch.Generator().manual_seed(0)).to(device)
+        return lambda: model(x, m["mask_ratio"], noise)
+    model = build_classifier(dims, num_classes, objective).to(device).eval()
+    return lambda: model(x)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_s(run, batch_size: int, device: torch.device, precision: str, seconds: float) -> float:
+    """Images per second of `run`, timed over about `seconds` after the warm-up."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        for _ in range(WARMUP_PASSES - 1):
+            run()
+        synchronize(device)
+        start = perf_counter()
+        run()  # the last warm-up pass sizes the timed run
+        synchronize(device)
+        passes = max(MIN_PASSES, math.ceil(seconds / (perf_counter() - start)))
+        start = perf_counter()
+        for _ in range(passes):
+            run()
+        synchronize(device)
+        return passes * batch_size / (perf_counter() - start)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def measure(config: dict, pairs, num_classes: int, device: str = "auto", precision: str | None = None,
+            batch_size: int | None = None, seconds: float = 2.0) -> dict:
+    """Images/s of every (model, objective) in `pairs`, each distinct forward timed once.
+
+    precision: 'bf16' (autocast) or 'fp32'; default bf16 on CUDA, fp32 on the CPU.
+    batch_size: default landscape.batch_size. Returns the `measured` argument of `plan.plan`.
+    """
+    device = devices.resolve(device)
+    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
+    batch_size = batch_size or config["landscape"]["batch_size"]
+    rates, timed = {}, {}
+    for name, objective in pairs:
+        m = config["models"][name]
+        # models alike but for their names (mae and rcmae) share one measurement
+        key = json.dumps([resolve_arch(m["arch"], with_decoder=objective == "pretext"), objective,
+                          m["mask_ratio"] if objective == "pretext" else None,
+                          m["norm_pix_loss"] if objective == "pretext" else None])
+        if key not in timed:
+            torch.manual_seed(0)
+            run = forward_pass(m, objective, num_classes, batch_size, device)
+            timed[key] = images_per_s(run, batch_size, device, precision, seconds)
+        rates[name, objective] = timed[key]
+    return {"device": device_name(device), "precision": precision, "images_per_s": rates}
