@@ -116,6 +116,14 @@ def test_given_checkpoints_skip_their_stages():
                      "tuned/pretrain", "tuned/probe"]
 
 
+def test_stages_neither_the_accuracy_table_nor_a_landscape_needs_are_not_trained():
+    config = tiny_config(vis=("mae", {"checkpoint": "v.pth", "objectives": ["pretext"], "accuracy": []}),
+                         probe_only=("mae", {"accuracy": ["probe"]}),
+                         tuned_surface=("mae", {"accuracy": [], "objectives": ["finetune"]}))
+    names = [t["name"] for t in plan.plan(config, num_classes=7, train_images=100)["training"]]
+    assert names == ["probe_only/pretrain", "probe_only/probe", "tuned_surface/pretrain", "tuned_surface/finetune"]
+
+
 @pytest.mark.parametrize("test_fraction", [0.2, 0.3])
 def test_digits_training_images_are_those_of_the_split(test_fraction):
     config = tiny_config(m=("mae", {}))

@@ -59,10 +59,12 @@ def flops_per_image(model_cfg: dict, objective: str, num_classes: int) -> int:
 
 
 def training_stages(m: dict) -> list[str]:
-    """The training stages the workflow runs for a model: a given checkpoint skips its stage."""
+    """The training stages the workflow runs for a model: probe and fine-tune where the
+    accuracy table or a landscape needs them; a given checkpoint skips its stage."""
     stages = [] if m["checkpoint"] else ["pretrain"]
     if m["method"] != "supervised":
-        stages += [s for s in ("probe", "finetune") if not m[s]["checkpoint"]]
+        needed = set(m["accuracy"]) | set(configcheck.objectives(m))
+        stages += [s for s in ("probe", "finetune") if s in needed and not m[s]["checkpoint"]]
     return stages
 
 

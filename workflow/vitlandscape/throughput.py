@@ -27,7 +27,8 @@ def forward_pass(m: dict, objective: str, num_classes: int, batch_size: int, dev
         patches = (dims["img_size"] // dims["patch_size"]) ** 2
         noise = torch.rand(batch_size, patches, generator=torch.Generator().manual_seed(0)).to(device)
         return lambda: model(x, m["mask_ratio"], noise)
-    model = build_classifier(dims, num_classes, objective).to(device).eval()
+    global_pool = objective == "finetune" and m["finetune"]["global_pool"]
+    model = build_classifier(dims, num_classes, objective, global_pool).to(device).eval()
     return lambda: model(x)
 
 
