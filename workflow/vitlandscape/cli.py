@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--tflops", type=float, default=None,
-                      help="sustained TFLOP/s of the GPU (default: an assumed 300, bf16 on a data-centre GPU)")
+                      help="sustained TFLOP/s of the GPU (default: 40, the fp32 grid engine measured on an H200)")
     rate.add_argument("--measure", action="store_true",
                       help="time every model's forward pass on this machine and use the rates it achieves")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure = p.add_argument_group("--measure options")
     measure.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     measure.add_argument("--precision", default=None, choices=["bf16", "fp32"],
-                         help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on the CPU)")
+                         help="fp32 (default: what the grid engine computes) or bf16 autocast")
     measure.add_argument("--batch-size", type=int, default=None, help="default: landscape.batch_size")
     measure.add_argument("--measure-seconds", type=float, default=2.0,
                          help="timed seconds per distinct model, after 3 warm-up passes (default 2)")

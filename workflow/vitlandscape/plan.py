@@ -15,9 +15,10 @@ from vitlandscape import configcheck, grid
 from vitlandscape.models.arch import resolve_arch
 
 MLP_RATIO = 4
-# Sustained throughput assumed when none is given: bf16 inference of ViT-B-sized models on a
-# current data-centre GPU at roughly 40% of its dense peak. An assumption, not a measurement.
-DEFAULT_TFLOPS = 300.0
+# Sustained throughput when none is given: the grid engine (fp32) evaluating ViT-B/16 and
+# ViT-L/16 on an NVIDIA H200 reached 40-44 TFLOP/s (workflow/scripts/gpu_paper_scale.py,
+# 2026-11-28). A GPU without fp32 at that rate is slower; measure yours with --measure.
+DEFAULT_TFLOPS = 40.0
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k's training split, assumed for imagefolder
 

@@ -65,11 +65,11 @@ def measure(config: dict, pairs, num_classes: int, device: str = "auto", precisi
             batch_size: int | None = None, seconds: float = 2.0) -> dict:
     """Images/s of every (model, objective) in `pairs`, each distinct forward timed once.
 
-    precision: 'bf16' (autocast) or 'fp32'; default bf16 on CUDA, fp32 on the CPU.
+    precision: 'fp32' (default: what the grid engine computes) or 'bf16' (autocast).
     batch_size: default landscape.batch_size. Returns the `measured` argument of `plan.plan`.
     """
     device = devices.resolve(device)
-    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
+    precision = precision or "fp32"
     batch_size = batch_size or config["landscape"]["batch_size"]
     rates, timed = {}, {}
     for name, objective in pairs:
