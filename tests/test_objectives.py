@@ -80,3 +80,35 @@ def test_norm_pix_targets_follow_the_config(tmp_path, prepared):
                                       0.75, norm_pix)
         assert losses[norm_pix] == pytest.approx(expected, rel=1e-5)
     assert abs(losses[True] - losses[False]) > 1e-3 * losses[False]  # far beyond the tolerance above
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_zero_prediction_loss_by_hand(tmp_path, prepared, norm_pix):
+    """Mean over the masked patches of the mean squared target, in float64, masks from the
+    contract (the int(L * 0.25) lowest-noise patches are kept)."""
+    model = build_mae(TINY_ARCH, norm_pix_loss=norm_pix).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
+    cfg = model_settings(norm_pix_loss=norm_pix)
+    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 7, 2, torch.device("cpu"))
+    images = prepared["train_images"][5:].double()
+    patches = images.reshape(N, 3, 4, 4, 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(N, 16, 48)
+    if norm_pix:
+        patches = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6) ** 0.5
+    noise = eval_noise(N, 16, 2)
+    masked = torch.zeros(N, 16, dtype=torch.bool)
+    for i in range(N):
+        masked[i, noise[i].sort().indices[4:]] = True
+    expected = (patches ** 2).mean(-1)[masked].mean().item()
+    assert objective.zero_prediction_loss() == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, capsys):
+    from vitlandscape import landscape
+    model = build_mae(TINY_ARCH, norm_pix_loss=True).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
+    cfg = {**model_settings(norm_pix_loss=True), "name": "mae"}
+    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 8, 0, torch.device("cpu"))
+    found = landscape.pretext_sanity(objective, cfg)
+    assert found["centre_loss"] == pytest.approx(objective.evaluate()[0])
+    assert found["centre_loss"] >= 0.8 * found["zero_prediction_loss"]  # random init: no better than zeros
+    assert "WARNING: models.mae: the pretext loss of the trained model" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlandscape import checkpoints, formats
-from vitlandscape.masking import eval_noise
+from vitlandscape.masking import eval_noise, num_kept
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
 
@@ -46,6 +46,17 @@ class Objective:
             total = total + (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
             count = count + mask.sum(dtype=torch.float64)
         return (total / count).item(), float("nan")
+
+    def zero_prediction_loss(self) -> float:
+        """The pretext loss of a decoder that predicts 0 for every target patch: the mean
+        squared (norm-pix) target over the masked patches. A trained MAE is far below it."""
+        total = count = 0.0
+        for _, noise, target in self.batches:
+            rank = noise.argsort(dim=1).argsort(dim=1)  # masked: not among the num_kept lowest
+            mask = (rank >= num_kept(noise.shape[1], self.info["mask_ratio"])).float()
+            total = total + ((target ** 2).mean(-1) * mask).sum(dtype=torch.float64)
+            count = count + mask.sum(dtype=torch.float64)
+        return (total / count).item()
 
     def _classification(self):
         total, correct = 0.0, 0
