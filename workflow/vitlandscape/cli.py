@@ -30,6 +30,11 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
 
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes decoding streamed images (data.workers)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vitlandscape", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -40,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train MAE / RC-MAE / supervised ViT from scratch")
     _common(p)
+    _workers(p)
     p.add_argument("--out", required=True)
 
     for stage in ("probe", "finetune"):
         p = sub.add_parser(stage, help=f"{stage} an MAE encoder on the labels")
         _common(p)
+        _workers(p)
         p.add_argument("--checkpoint", required=True, help="pretrained MAE checkpoint")
         p.add_argument("--out", required=True)
         p.add_argument("--metrics", required=True, help="accuracy JSON to write")
@@ -138,10 +145,10 @@ def main(argv=None) -> None:
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
-        stages.pretrain(args.settings, args.data, args.out, args.device)
+        stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
-                          args.device)
+                          args.device, args.workers)
     elif args.stage == "directions":
         landscape.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":
