@@ -34,7 +34,7 @@ def eval_transform(size: int) -> transforms.Compose:
 
 def train_transform(size: int, recipe: str) -> transforms.Compose:
     """The recipe's augmentation (random resized crop, flip), then normalised float [3, S, S].
-    RandAugment, mixup and cutmix of the fine-tuning recipe are left out."""
+    RandAugment, random erasing, mixup and cutmix of the fine-tuning recipe are left out."""
     return transforms.Compose([transforms.RandomResizedCrop(size, scale=CROP_SCALE[recipe], interpolation=BICUBIC),
                                transforms.RandomHorizontalFlip(), *_NORMALISE])
 
@@ -42,7 +42,7 @@ def train_transform(size: int, recipe: str) -> transforms.Compose:
 def _folder(path: Path, transform=None) -> ImageFolder:
     try:
         return ImageFolder(path, transform=transform)
-    except (FileNotFoundError, OSError) as err:
+    except OSError as err:  # no class folder, or no image in one
         raise data.DataError(f"data.path: cannot read {path} as an image folder: {err}") from err
 
 
