@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,23 @@ def npz_dataset(tmp_path) -> Path:
     path = tmp_path / "bars.npz"
     np.savez(path, images=images, labels=labels)
     return path
+
+
+def make_image_folder(root: Path, classes: int, train: int, val: int, size=(30, 40), seed: int = 0) -> Path:
+    """A fake ImageNet layout: `train/` and `val/` with `train` / `val` JPEGs of `size` (h, w)
+    per class; each class is noise plus a bright bar at its own height, so it can be learnt."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class{c:03d}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+                top = c * h // classes
+                pixels[top:top + max(1, h // (2 * classes))] = 230
+                Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
 
 
 def model_settings(method="mae", **overrides) -> dict:

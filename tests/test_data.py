@@ -1,12 +1,14 @@
 """Data sets: loaders, normalisation, splits and the evaluation subset."""
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vitlandscape import data
+from vitlandscape import data, imagefolder, stages
 from vitlandscape.data import DataError
 
 
@@ -73,16 +75,118 @@ def test_cifar_batches(tmp_path):
     torch.testing.assert_close(restored, red, rtol=0, atol=1e-5)
 
 
-def test_imagefolder(tmp_path):
+CLASSES = ("cat", "dog", "emu")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """train/ (5 images a class) and val/ (2 a class): JPEG and PNG, grey and colour, odd sizes."""
     rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 1)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
-            folder.mkdir(parents=True)
+    for split, n in (("train", 5), ("val", 2)):
+        for c, cls in enumerate(CLASSES):
+            (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    prepared = data.prepare(_cfg(dataset="imagefolder", path=str(tmp_path), eval_samples=2))
-    assert prepared["train_images"].shape == (6, 3, 16, 16) and prepared["test_images"].shape == (2, 3, 16, 16)
-    assert prepared["train_labels"].tolist() == [0, 0, 0, 1, 1, 1] and prepared["num_classes"] == 2
+                h, w = (23 + 7 * i, 41) if i % 2 else (50, 19 + 3 * c)
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                image = Image.fromarray(pixels).convert("L") if i == 3 else Image.fromarray(pixels)
+                image.save(tmp_path / split / cls / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+    return tmp_path
+
+
+def reference_decode(path, size: int) -> np.ndarray:
+    """The evaluation transform written out with PIL: short side to round(size / 0.875),
+    bicubic, then the centred size x size crop (torchvision's rounding), as uint8 C,H,W."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        short = round(size / 0.875)
+        w, h = img.size
+        w, h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        img = img.resize((w, h), Image.BICUBIC)
+        top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+        return np.asarray(img.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
+
+
+def test_imagefolder_prepares_only_the_eval_subset_as_uint8(folder):
+    prepared = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6, seed=3))
+    assert prepared["streaming"] and "train_images" not in prepared and "test_images" not in prepared
+    assert (prepared["train_count"], prepared["test_count"], prepared["num_classes"]) == (15, 6, 3)
+    assert prepared["root"] == str(folder.resolve()) and prepared["image_size"] == 16
+    assert torch.equal(prepared["eval_index"], data.eval_indices(15, 6, seed=3))
+    # ImageFolder order: sorted class folders, sorted files within each
+    files = [f"train/{cls}/{i:02d}.{'png' if i % 2 else 'jpg'}" for cls in CLASSES for i in range(5)]
+    expected = [files[i] for i in prepared["eval_index"].tolist()]
+    assert prepared["eval_files"] == expected
+    assert prepared["eval_labels"].tolist() == [CLASSES.index(f.split("/")[1]) for f in expected]
+    images = prepared["eval_images"]
+    assert images.dtype == torch.uint8 and images.shape == (6, 3, 16, 16)
+    for row, name in enumerate(expected):
+        np.testing.assert_array_equal(images[row].numpy(), reference_decode(folder / name, 16), err_msg=name)
+
+
+def test_imagefolder_without_val_holds_out_test_fraction(folder):
+    shutil.rmtree(folder / "val")
+    prepared = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=100, test_fraction=0.2))
+    train_index, test_index = data.split(15, 0.2, 0)
+    assert torch.equal(prepared["train_index"], train_index) and torch.equal(prepared["test_index"], test_index)
+    assert (prepared["train_count"], prepared["test_count"]) == (12, 3)
+    assert torch.equal(prepared["eval_index"], torch.arange(12))  # the whole training split
+    assert len(prepared["eval_files"]) == 12 and prepared["test_folder"] == "train"
+
+
+def test_imagefolder_errors_name_the_folder(folder):
     with pytest.raises(DataError, match="has no 'train' folder"):
-        data.prepare(_cfg(dataset="imagefolder", path=str(tmp_path / "train")))
+        data.prepare(_cfg(dataset="imagefolder", path=str(folder / "train")))
+    (folder / "val" / "fox").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "val" / "fox" / "0.png")
+    with pytest.raises(DataError, match=r"class folders of val/ \(4\) differ from those of train/ \(3\)"):
+        data.prepare(_cfg(dataset="imagefolder", path=str(folder)))
+
+
+def test_prepared_imagefolder_is_memory_mapped_and_normalised_on_the_device(folder, tmp_path):
+    out = tmp_path / "prepared" / "imagefolder.pt"
+    stages.prepare_data(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6), out)
+    prepared = data.load_prepared(out)
+    assert any(str(out) in line for line in Path("/proc/self/maps").read_text().splitlines())
+    fresh = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6))
+    assert torch.equal(prepared["eval_images"], fresh["eval_images"])
+    images, labels = data.eval_set(prepared, torch.device("cpu"))
+    mean = np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    expected = (fresh["eval_images"].numpy().astype(np.float64) / 255 - mean) / std
+    assert images.dtype == torch.float32
+    np.testing.assert_allclose(images.numpy(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(labels, fresh["eval_labels"])
+
+
+def test_in_memory_eval_set_is_the_indexed_training_split():
+    prepared = data.prepare(_cfg(eval_samples=10))
+    images, labels = data.eval_set(prepared, "cpu")
+    assert torch.equal(images, prepared["train_images"][prepared["eval_index"]])
+    assert torch.equal(labels, prepared["train_labels"][prepared["eval_index"]])
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "supervised", "finetune", "probe"])
+def test_training_transforms_give_normalised_crops_of_the_image_size(recipe):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 47, 3), dtype=np.uint8))
+    x = imagefolder.train_transform(16, recipe)(image)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    assert -2.2 < x.min() and x.max() < 2.7  # (0 - mean) / std .. (1 - mean) / std
+    assert imagefolder.eval_transform(224)(image).shape == (3, 224, 224)
+
+
+def test_streamed_batches_are_seeded_and_independent_of_workers(folder):
+    prepared = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=4))
+
+    def first(seed, workers):
+        batches = data.train_batches(prepared, "pretrain", 4, seed, workers, "cpu")
+        assert len(batches) == 3  # 15 images: three full batches, the last 3 dropped
+        return next(iter(batches))
+
+    images, labels = first(seed=1, workers=0)
+    assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.long
+    torch.manual_seed(123)  # the global RNG plays no part
+    for again in (first(seed=1, workers=0), first(seed=1, workers=2)):
+        assert torch.equal(again[0], images) and torch.equal(again[1], labels)
+    assert not torch.equal(first(seed=2, workers=0)[0], images)
+    test = list(data.ordered_batches(prepared, "test", 4, 0, "cpu"))
+    assert [len(y) for _, y in test] == [4, 2] and torch.cat([y for _, y in test]).tolist() == [0, 0, 1, 1, 2, 2]

@@ -5,7 +5,7 @@ import torch
 
 from vitlandscape import stages, train
 from vitlandscape.models.arch import build_mae
-from conftest import model_settings
+from conftest import make_image_folder, model_settings
 
 
 @pytest.fixture
@@ -41,6 +41,53 @@ def test_downstream_is_reproducible_and_probe_keeps_the_encoder(tmp_path, data_f
     assert _same(a, b)
     encoder_changed = not torch.equal(a["blocks.0.attn.qkv.weight"], pretrained["model"]["blocks.0.attn.qkv.weight"])
     assert encoder_changed == (stage == "finetune")
+
+
+@pytest.fixture
+def folder_file(tmp_path):
+    """A prepared fake ImageFolder: 3 classes, 12 training and 3 val images each."""
+    root = make_image_folder(tmp_path / "folder", classes=3, train=12, val=3)
+    path = tmp_path / "folder.pt"
+    stages.prepare_data({"dataset": "imagefolder", "path": str(root), "image_size": 16, "eval_samples": 8,
+                         "seed": 0, "test_fraction": 0.2}, path)
+    return path
+
+
+def test_streamed_pretraining_is_reproducible_whatever_the_workers(tmp_path, folder_file):
+    cfg = model_settings("mae", pretrain={"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.05,
+                                          "warmup_epochs": 0})
+    first = stages.pretrain(cfg, folder_file, tmp_path / "a.pt", workers=0)
+    again = stages.pretrain(cfg, folder_file, tmp_path / "b.pt", workers=2)
+    assert _same(first["model"], again["model"]) and len(first["history"]) == 1
+
+
+@pytest.mark.parametrize("features", ["streaming", "cached"])
+def test_streamed_probe_trains_only_the_head(tmp_path, folder_file, features):
+    cfg = model_settings("mae")
+    cfg["probe"] = {**cfg["probe"], "features": features, "batch_size": 8}
+    pretrained = stages.pretrain(cfg, folder_file, tmp_path / "pre.pt")
+    metrics = stages.downstream(cfg, "probe", folder_file, tmp_path / "pre.pt", tmp_path / "probe.pt",
+                                tmp_path / "probe.json", workers=1)
+    probe = torch.load(tmp_path / "probe.pt", weights_only=True)
+    for key, value in pretrained["model"].items():
+        if key in probe["model"]:
+            assert torch.equal(probe["model"][key], value), key
+    assert len(probe["history"]) == 2 and metrics["train_top1_images"] == 8  # the eval subset
+    assert 0 <= metrics["test_top1"] <= 1 and 0 <= metrics["random_init_test_top1"] <= 1
+
+
+def test_streaming_and_cached_probe_features_differ_only_for_streamed_data(tmp_path, folder_file, data_file):
+    cfg = model_settings("mae")
+    heads = {}
+    for name, path in (("folder", folder_file), ("npz", data_file)):
+        stages.pretrain(cfg, path, tmp_path / f"{name}_mae.pt")
+        for features in ("streaming", "cached"):
+            settings = {**cfg, "probe": {**cfg["probe"], "features": features}}
+            stages.downstream(settings, "probe", path, tmp_path / f"{name}_mae.pt", tmp_path / "p.pt",
+                              tmp_path / "p.json")
+            heads[name, features] = torch.load(tmp_path / "p.pt", weights_only=True)["model"]["head.1.weight"]
+    assert torch.equal(heads["npz", "streaming"], heads["npz", "cached"])  # no augmentation: one computation
+    assert not torch.equal(heads["folder", "streaming"], heads["folder", "cached"])
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

@@ -32,6 +32,10 @@ if _problems:
 MODELS = config["models"]
 DATASET = config["data"]["dataset"]
 DATA_FILE = f"results/data/{DATASET}.pt"
+# How many processes decode images changes how fast, not what, a job computes: the training
+# rules pass it on the command line (a workflow global), never in params.
+DATA_SETTINGS = {k: v for k, v in config["data"].items() if k != "workers"}
+WORKERS = config["data"]["workers"]
 TRAIN_GPU = 1 if config["device"] == "cuda" else 0
 LANDSCAPE = config["landscape"]
 LANDSCAPE_GPU = 1 if LANDSCAPE["device"] == "cuda" else 0
@@ -57,8 +61,8 @@ _COMMON = ["__init__.py", "stages.py", "checkpoints.py", "formats.py", "data.py"
 _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/classifier.py",
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
-    "prepare_data": _COMMON,
-    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py", "progress.py"],
+    "prepare_data": _COMMON + ["imagefolder.py", "progress.py"],
+    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py", "progress.py", "imagefolder.py"],
     "table": _COMMON,
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py",
                   "progress.py"],

@@ -2,7 +2,7 @@ rule prepare_data:
     output:
         "results/data/{dataset}.pt",
     params:
-        settings=as_json(config["data"]),
+        settings=as_json(DATA_SETTINGS),
         code=code_hash("prepare_data"),
     log:
         "results/logs/prepare_data/{dataset}.log",

@@ -23,7 +23,7 @@ rule pretrain:
         ENV
     shell:
         "vitlandscape pretrain --settings {params.settings:q} --data {input.data} --out {output}"
-        " --threads {threads} --device {params.device} > {log} 2>&1"
+        " --threads {threads} --device {params.device} --workers {WORKERS} > {log} 2>&1"
 
 
 rule downstream:
@@ -54,7 +54,7 @@ rule downstream:
     shell:
         "vitlandscape {wildcards.stage} --settings {params.settings:q} --data {input.data}"
         " --checkpoint {input.checkpoint} --out {output.checkpoint} --metrics {output.metrics}"
-        " --threads {threads} --device {params.device} > {log} 2>&1"
+        " --threads {threads} --device {params.device} --workers {WORKERS} > {log} 2>&1"
 
 
 rule evaluate_given:
@@ -84,7 +84,7 @@ rule evaluate_given:
     shell:
         "vitlandscape evaluate --stage {wildcards.stage} --settings {params.settings:q} --data {input.data}"
         " --checkpoint {input.checkpoint} --metrics {output} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+        " --workers {WORKERS} > {log} 2>&1"
 
 
 rule accuracy_table:

@@ -28,6 +28,11 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
 
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes decoding streamed images (data.workers)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vitlandscape", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -38,17 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train MAE / RC-MAE / supervised ViT from scratch")
     _common(p)
+    _workers(p)
     p.add_argument("--out", required=True)
 
     for stage in ("probe", "finetune"):
         p = sub.add_parser(stage, help=f"{stage} an MAE encoder on the labels")
         _common(p)
+        _workers(p)
         p.add_argument("--checkpoint", required=True, help="pretrained MAE checkpoint")
         p.add_argument("--out", required=True)
         p.add_argument("--metrics", required=True, help="accuracy JSON to write")
 
     p = sub.add_parser("evaluate", help="test accuracy of a given probe / fine-tuned / supervised checkpoint")
     _common(p)
+    _workers(p)
     p.add_argument("--stage", dest="stage_name", required=True, choices=["probe", "finetune", "supervised"])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", required=True, help="accuracy JSON to write")
@@ -158,12 +166,13 @@ def main(argv=None) -> None:
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
-        stages.pretrain(args.settings, args.data, args.out, args.device)
+        stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
-                          args.device)
+                          args.device, args.workers)
     elif args.stage == "evaluate":
-        stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device)
+        stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
+                        args.workers)
     elif args.stage == "directions":
         landscape.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":

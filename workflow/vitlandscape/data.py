@@ -1,9 +1,13 @@
 """Data sets, prepared once into one tensor file: train/test splits and the evaluation subset.
 
 Supported: `digits` (bundled with scikit-learn), `npz`, `cifar` (python-pickle batches),
-`imagefolder` (ImageNet layout, `train/` and optional `val/`, loaded resized into memory).
-Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized to
-`image_size` and normalised with the ImageNet mean/std, as MAE does.
+all held in memory, and `imagefolder` (ImageNet layout, `train/` and optional `val/`),
+streamed from disk (see `imagefolder.py`): its prepared file holds only the evaluation
+subset, as uint8. Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized
+to `image_size` and normalised with the ImageNet mean/std, as MAE does.
+
+Consumers go through `eval_set`, `train_batches` and `ordered_batches`, which hide
+whether a data set is in memory or streamed.
 """
 import pickle
 from pathlib import Path
@@ -34,7 +38,7 @@ def to_model_input(images: np.ndarray, image_size: int, max_value: float) -> tor
     return ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
 
 
-def _split(n: int, test_fraction: float, seed: int):
+def split(n: int, test_fraction: float, seed: int):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = int(round(n * test_fraction))
     return order[n_test:].sort().values, order[:n_test].sort().values
@@ -47,7 +51,7 @@ def _digits(cfg):
 
 
 def _npz(cfg):
-    path = _require_path(cfg)
+    path = require_path(cfg)
     with np.load(path) as f:
         for key in ("images", "labels"):
             if key not in f:
@@ -57,7 +61,7 @@ def _npz(cfg):
 
 
 def _cifar(cfg):
-    root = _require_path(cfg)
+    root = require_path(cfg)
     train = sorted(root.glob("data_batch_*"))
     if not train:
         raise DataError(f"data.path {root} holds no CIFAR 'data_batch_*' files")
@@ -75,32 +79,7 @@ def _cifar(cfg):
     return *read(train), *(read(test) if test else (None, None)), 255.0
 
 
-def _imagefolder(cfg):
-    from PIL import Image
-    root = _require_path(cfg)
-    size = cfg["image_size"]
-
-    def read(split_dir):
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-        images, labels = [], []
-        for label, name in enumerate(classes):
-            for file in sorted((split_dir / name).iterdir()):
-                with Image.open(file) as img:
-                    img = img.convert("RGB")
-                    scale = size / min(img.size)  # resize the short side, then centre-crop
-                    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
-                    left, top = (img.width - size) // 2, (img.height - size) // 2
-                    images.append(np.asarray(img.crop((left, top, left + size, top + size))))
-                labels.append(label)
-        return np.stack(images), np.asarray(labels)
-
-    if not (root / "train").is_dir():
-        raise DataError(f"data.path {root} has no 'train' folder (ImageFolder layout expected)")
-    test = read(root / "val") if (root / "val").is_dir() else (None, None)
-    return *read(root / "train"), *test, 255.0
-
-
-def _require_path(cfg) -> Path:
+def require_path(cfg) -> Path:
     if not cfg.get("path"):
         raise DataError(f"data.path is required for dataset {cfg['dataset']!r}")
     path = Path(cfg["path"])
@@ -109,20 +88,23 @@ def _require_path(cfg) -> Path:
     return path
 
 
-LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar, "imagefolder": _imagefolder}
+LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar}  # in memory; imagefolder streams
 
 
 def prepare(cfg: dict) -> dict:
     """Load the configured data set into tensors, with the seeded evaluation subset."""
+    if cfg["dataset"] == "imagefolder":
+        from vitlandscape import imagefolder
+        return imagefolder.prepare(cfg)
     if cfg["dataset"] not in LOADERS:
-        raise DataError(f"data.dataset {cfg['dataset']!r} is not one of {', '.join(LOADERS)}")
+        raise DataError(f"data.dataset {cfg['dataset']!r} is not one of {', '.join(LOADERS)}, imagefolder")
     images, labels, test_images, test_labels, max_value = LOADERS[cfg["dataset"]](cfg)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     x = to_model_input(images, cfg["image_size"], max_value)
     if len(x) != len(labels):
         raise DataError(f"{len(x)} images but {len(labels)} labels")
     if test_images is None:
-        train_idx, test_idx = _split(len(x), cfg["test_fraction"], cfg["seed"])
+        train_idx, test_idx = split(len(x), cfg["test_fraction"], cfg["seed"])
         train_x, train_y, test_x, test_y = x[train_idx], labels[train_idx], x[test_idx], labels[test_idx]
     else:
         train_x, train_y = x, labels
@@ -145,7 +127,79 @@ def eval_indices(n_train: int, eval_samples: int, seed: int) -> torch.Tensor:
 
 
 def load_prepared(path) -> dict:
+    """The prepared file, memory-mapped: a streamed data set's evaluation subset is read
+    from disk only as far as it is used."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prepared data {path} does not exist (run the prepare_data stage)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def is_streaming(prepared: dict) -> bool:
+    return prepared.get("streaming", False)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, S, S] -> float in [0, 1], normalised with the ImageNet mean/std."""
+    mean, std = IMAGENET_MEAN.to(images.device), IMAGENET_STD.to(images.device)
+    return (images.float() / 255 - mean) / std
+
+
+def eval_set(prepared: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation subset on `device`: normalised float images [N, 3, S, S] and labels [N]."""
+    if is_streaming(prepared):  # uint8 crosses to the device, a quarter of the float bytes
+        return normalise(prepared["eval_images"].to(device)), prepared["eval_labels"].to(device)
+    index = prepared["eval_index"]
+    return prepared["train_images"][index].to(device), prepared["train_labels"][index].to(device)
+
+
+def split_sizes(prepared: dict) -> tuple[int, int]:
+    """(training, test) image counts."""
+    if is_streaming(prepared):
+        return prepared["train_count"], prepared["test_count"]
+    return len(prepared["train_images"]), len(prepared["test_images"])
+
+
+class TensorBatches:
+    """Shuffled batches of in-memory tensors from a seeded generator, one epoch per iteration.
+
+    The last incomplete batch is dropped unless it is the only one.
+    """
+
+    def __init__(self, tensors: tuple, batch_size: int, seed: int):
+        self.tensors, self.batch_size = tensors, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return max(1, len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.tensors[0]), generator=self.generator)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
+def chunks(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple]:
+    return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def train_batches(prepared: dict, recipe: str, batch_size: int, seed: int, workers: int, device):
+    """Shuffled (images, labels) training batches, one epoch per iteration, `len()` of them.
+
+    Streamed folders are augmented as `recipe` ('pretrain', 'supervised', 'probe',
+    'finetune') prescribes; in-memory data sets have no augmentation.
+    """
+    if is_streaming(prepared):
+        from vitlandscape import imagefolder
+        return imagefolder.train_loader(prepared, recipe, batch_size, seed, workers, torch.device(device))
+    return TensorBatches((prepared["train_images"].to(device), prepared["train_labels"].to(device)),
+                         batch_size, seed)
+
+
+def ordered_batches(prepared: dict, split: str, batch_size: int, workers: int, device):
+    """(images, labels) batches of the 'train' or 'test' split in stored order, not augmented."""
+    if is_streaming(prepared):
+        from vitlandscape import imagefolder
+        return imagefolder.ordered_loader(prepared, split, batch_size, workers, torch.device(device))
+    return chunks(prepared[f"{split}_images"].to(device), prepared[f"{split}_labels"].to(device), batch_size)

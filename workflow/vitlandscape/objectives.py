@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import checkpoints, formats
+from vitlandscape import checkpoints, data, formats
 from vitlandscape.masking import eval_noise, num_kept
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
@@ -110,18 +110,16 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
     model, ckpt = load(objective, checkpoint, model_cfg)
     model.to(device)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
-    index = prepared["eval_index"]
-    images = prepared["train_images"][index].to(device)
-    info = {"eval_samples": len(index), "checkpoint_format": ckpt.format}
+    images, labels = data.eval_set(prepared, device)
+    info = {"eval_samples": len(images), "checkpoint_format": ckpt.format}
     batches = []
     if objective == "pretext":
-        noise = eval_noise(len(index), model.patch_embed.num_patches, mask_seed).to(device)
+        noise = eval_noise(len(images), model.patch_embed.num_patches, mask_seed).to(device)
         info.update(mask_seed=mask_seed, mask_ratio=model_cfg["mask_ratio"])
         with torch.inference_mode():
-            for i in range(0, len(index), batch_size):
+            for i in range(0, len(images), batch_size):
                 x = images[i:i + batch_size]
                 batches.append((x, noise[i:i + batch_size], model.targets(x)))
     else:
-        labels = prepared["train_labels"][index].to(device)
-        batches = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(index), batch_size)]
+        batches = data.chunks(images, labels, batch_size)
     return Objective(objective, model, batches, info)

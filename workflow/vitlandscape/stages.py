@@ -18,15 +18,16 @@ def write_json(obj, path) -> None:
     tmp.replace(path)
 
 
+# Batch size of accuracy and feature passes (no gradients).
+EVAL_BATCH = 512
+
+
 def prepare_data(cfg: dict, out) -> None:
     prepared = data.prepare(cfg)
     checkpoints.atomic_save(prepared, out)
-    print(f"{cfg['dataset']}: {len(prepared['train_images'])} train, {len(prepared['test_images'])} test, "
-          f"{len(prepared['eval_index'])} eval images, {prepared['num_classes']} classes -> {out}")
-
-
-def on_device(prepared: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared.items()}
+    n_train, n_test = data.split_sizes(prepared)
+    print(f"{cfg['dataset']}: {n_train} train, {n_test} test, {len(prepared['eval_index'])} eval images, "
+          f"{prepared['num_classes']} classes -> {out}")
 
 
 def cpu_state(model) -> dict:
@@ -39,19 +40,22 @@ def check_image_size(arch: dict, prepared: dict, model: str) -> None:
                          f"{prepared['image_size']}")
 
 
-def pretrain(cfg: dict, data_path, out, device="cpu") -> dict:
-    """Train one model from scratch: MAE, RC-MAE (student + EMA teacher) or supervised ViT."""
+def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
+    """Train one model from scratch: MAE, RC-MAE (student + EMA teacher) or supervised ViT.
+    `workers`: DataLoader processes for streamed data."""
     device = devices.resolve(device)
-    prepared = on_device(data.load_prepared(data_path), device)
+    prepared = data.load_prepared(data_path)
     method = cfg["method"]
+    hp = {**cfg["pretrain"], "seed": cfg["seed"]}
+    batches = data.train_batches(prepared, "supervised" if method == "supervised" else "pretrain",
+                                 hp["batch_size"], hp["seed"], workers, device)
     torch.manual_seed(cfg["seed"])
     if method == "supervised":
         arch = resolve_arch(cfg["arch"], with_decoder=False)
         check_image_size(arch, prepared, cfg["name"])
         model = build_classifier(arch, prepared["num_classes"], head="supervised").to(device)
-        history = train.train_classifier(model, prepared["train_images"], prepared["train_labels"],
-                                         {**cfg["pretrain"], "seed": cfg["seed"]}, desc="supervised")
-        top1 = train.accuracy(model, prepared["test_images"], prepared["test_labels"])
+        history = train.train_classifier(model, batches, hp, desc="supervised")
+        top1 = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
                 "num_classes": prepared["num_classes"], "model": cpu_state(model),
                 "history": history, "test_top1": top1}
@@ -60,7 +64,7 @@ def pretrain(cfg: dict, data_path, out, device="cpu") -> dict:
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = train.pretrain_mae(model, prepared["train_images"], cfg, rcmae=method == "rcmae")
+        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae")
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
         if teacher is not None:
@@ -72,30 +76,49 @@ def pretrain(cfg: dict, data_path, out, device="cpu") -> dict:
     return ckpt
 
 
-def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu") -> dict:
+def train_top1(model, prepared: dict, device) -> tuple[float, int]:
+    """(top-1, images) on the training split; for streamed data on its evaluation subset,
+    as a pass over every training image would cost as much as an epoch."""
+    if data.is_streaming(prepared):
+        batches = data.chunks(*data.eval_set(prepared, device), EVAL_BATCH)
+    else:
+        batches = data.ordered_batches(prepared, "train", EVAL_BATCH, 0, device)
+    return train.accuracy(model, batches), sum(len(labels) for _, labels in batches)
+
+
+def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu", workers=0) -> dict:
     """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
     device = devices.resolve(device)
-    prepared = on_device(data.load_prepared(data_path), device)
+    prepared = data.load_prepared(data_path)
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
     pretrained = formats.read(checkpoint, prefer=cfg["downstream_weights"])
     print(f"pretrained checkpoint {checkpoint}: {pretrained.label}")
     hp = {**cfg[stage], "seed": cfg["seed"]}
-    model, history = train.downstream(formats.encoder_source(pretrained), arch, prepared, hp, head=stage,
-                                      device=device)
-    metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
-               "test_top1": train.accuracy(model, prepared["test_images"], prepared["test_labels"]),
-               "train_top1": train.accuracy(model, prepared["train_images"], prepared["train_labels"]),
+    # In-memory data have no augmentation: their probe features are the same at every step.
+    cached = stage == "probe" and (cfg["probe"]["features"] == "cached" or not data.is_streaming(prepared))
+
+    def run(state):
+        if cached:
+            batches = data.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
+        else:
+            batches = data.train_batches(prepared, stage, hp["batch_size"], hp["seed"], workers, device)
+        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached)
+
+    def test_top1(model):
+        return train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
+
+    model, history = run(formats.encoder_source(pretrained))
+    top1, images = train_top1(model, prepared, device)
+    metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage, "test_top1": test_top1(model),
+               "train_top1": top1, "train_top1_images": images,
                "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
                "checkpoint_format": pretrained.format}
     if stage == "probe":
         # The same probe on a randomly initialised encoder: what pretraining adds.
         torch.manual_seed(cfg["seed"])
-        random_mae = build_mae(cfg["arch"], cfg["norm_pix_loss"])
-        baseline, _ = train.downstream(random_mae.state_dict(), arch, prepared, hp, head="probe",
-                                       device=device)
-        metrics["random_init_test_top1"] = train.accuracy(baseline, prepared["test_images"],
-                                                          prepared["test_labels"])
+        baseline, _ = run(build_mae(cfg["arch"], cfg["norm_pix_loss"]).state_dict())
+        metrics["random_init_test_top1"] = test_top1(baseline)
     ckpt = {"kind": "classifier", "head": stage, "global_pool": hp.get("global_pool", False),
             "method": cfg["method"], "arch": arch, "num_classes": prepared["num_classes"],
             "model": cpu_state(model), "history": history, "test_top1": metrics["test_top1"]}
@@ -105,11 +128,11 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     return metrics
 
 
-def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="cpu") -> dict:
+def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="cpu", workers=0) -> dict:
     """Test top-1 of a given (released or earlier) probe, fine-tuned or supervised checkpoint,
     for the accuracy table beside the stages the workflow trains."""
     device = devices.resolve(device)
-    prepared = on_device(data.load_prepared(data_path), device)
+    prepared = data.load_prepared(data_path)
     model, ckpt = objectives.load(stage, checkpoint, cfg)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     classes = model.num_classes
@@ -117,7 +140,8 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
         raise ValueError(f"checkpoint {checkpoint} classifies {classes} classes but data set "
                          f"{prepared['dataset']} has {prepared['num_classes']}")
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
-               "test_top1": train.accuracy(model.to(device), prepared["test_images"], prepared["test_labels"]),
+               "test_top1": train.accuracy(model.to(device),
+                                           data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
                "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
                "checkpoint_format": ckpt.format}
     write_json(metrics, metrics_out)

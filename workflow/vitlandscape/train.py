@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import progress
+from vitlandscape import data, progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_loss as rcmae_step_loss
 
@@ -29,31 +29,25 @@ def adamw(params, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=0.0, betas=betas)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator):
-    """Shuffled index batches; the last incomplete batch is dropped unless it is the only one."""
-    order = torch.randperm(n, generator=generator)
-    full = max(1, n // batch_size)
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(full)]
+def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None) -> list[dict]:
+    """Run `hp['epochs']` epochs of AdamW on `step_loss(images, labels, step) -> loss`.
 
-
-def fit(params, step_loss, n: int, hp: dict, desc: str, after_step=None) -> list[dict]:
-    """Run `hp['epochs']` epochs of AdamW on `step_loss(indices, step) -> loss`.
-
-    Returns a per-epoch history of mean loss and learning rate.
+    `batches` yields one epoch of (images, labels) per iteration and has `len()` steps
+    (`data.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
+    parameters' device. Returns a per-epoch history of mean loss and learning rate.
     """
     optimizer = adamw(params, hp["weight_decay"])
-    generator = torch.Generator().manual_seed(hp["seed"])
-    steps_per_epoch = max(1, n // hp["batch_size"])  # as many as batches() yields
-    total, warmup = hp["epochs"] * steps_per_epoch, hp["warmup_epochs"] * steps_per_epoch
+    device = params[0].device
+    total, warmup = hp["epochs"] * len(batches), hp["warmup_epochs"] * len(batches)
     history, step = [], 0
     bar = progress.bar(range(hp["epochs"]), desc, unit="epoch")
     for epoch in bar:
         losses = []
-        for idx in batches(n, hp["batch_size"], generator):
+        for images, labels in batches:
             lr = learning_rate(step, total, warmup, hp["lr"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = step_loss(idx, step)
+            loss = step_loss(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -68,7 +62,7 @@ def fit(params, step_loss, n: int, hp: dict, desc: str, after_step=None) -> list
 
 # ---- MAE and RC-MAE ----
 
-def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
+def pretrain_mae(model, batches, cfg: dict, rcmae: bool):
     """MAE pretraining; with `rcmae`, an EMA teacher adds a consistency loss.
 
     Returns (history, teacher or None).
@@ -81,9 +75,8 @@ def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
         teacher = copy.deepcopy(model).eval()
         teacher.requires_grad_(False)
 
-    def step_loss(idx, step):
-        x = images[idx]
-        noise = torch.rand(len(idx), model.patch_embed.num_patches, device=x.device)
+    def step_loss(x, labels, step):
+        noise = torch.rand(len(x), model.patch_embed.num_patches, device=x.device)
         if teacher is None:
             return model(x, mask_ratio, noise)[0]
         return rcmae_step_loss(model, teacher, x, mask_ratio, noise, cfg["consistency_weight"])
@@ -92,7 +85,7 @@ def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
         ema_update(teacher, model, ema_momentum(step, total, cfg["ema_momentum"], cfg["ema_schedule"]))
 
     torch.manual_seed(cfg["seed"])
-    history = fit(list(model.parameters()), step_loss, len(images), hp,
+    history = fit(list(model.parameters()), step_loss, batches, hp,
                   desc="rcmae pretrain" if rcmae else "mae pretrain",
                   after_step=update_teacher if rcmae else None)
     return history, teacher
@@ -101,58 +94,78 @@ def pretrain_mae(model, images: torch.Tensor, cfg: dict, rcmae: bool):
 # ---- classifiers ----
 
 @torch.no_grad()
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(model, batches) -> float:
+    """Top-1 over (images, labels) batches."""
     model.eval()
-    correct = sum((model(images[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum().item()
-                  for i in range(0, len(images), batch_size))
-    return correct / len(images)
+    device = next(model.parameters()).device
+    correct = count = 0
+    for images, labels in batches:
+        correct += (model(images.to(device)).argmax(-1) == labels.to(device)).sum().item()
+        count += len(labels)
+    return correct / count
 
 
-def train_classifier(model, images, labels, hp: dict, desc: str) -> list[dict]:
+def train_classifier(model, batches, hp: dict, desc: str) -> list[dict]:
     """Cross-entropy training of every parameter that trains (supervised ViT, fine-tuning)."""
     model.train()
 
-    def step_loss(idx, step):
-        return F.cross_entropy(model(images[idx]), labels[idx])
+    def step_loss(images, labels, step):
+        return F.cross_entropy(model(images), labels)
 
     torch.manual_seed(hp["seed"])
-    return fit(list(model.parameters()), step_loss, len(images), hp, desc=desc)
+    return fit(list(model.parameters()), step_loss, batches, hp, desc=desc)
+
+
+def encode(model, images: torch.Tensor) -> torch.Tensor:
+    """The normalised cls token the head sees."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 @torch.no_grad()
-def cls_features(model, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The normalised cls token the head sees, for a frozen encoder."""
+def cls_features(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of a frozen encoder over (images, labels) batches."""
     model.eval()
-    return torch.cat([model.forward_head(model.forward_features(images[i:i + batch_size]), pre_logits=True)
-                      for i in range(0, len(images), batch_size)])
+    device = next(model.parameters()).device
+    pairs = [(encode(model, images.to(device)), labels.to(device)) for images, labels in batches]
+    return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
-def linear_probe(model, images, labels, hp: dict) -> list[dict]:
-    """Train only the head on the frozen encoder's cls features (computed once: the
-    encoder is frozen and there is no augmentation, so they never change)."""
+def linear_probe(model, batches, hp: dict, cached: bool) -> list[dict]:
+    """Train only the head on the frozen encoder's cls token.
+
+    cached: `batches` are the training split in order, not augmented; the features are
+    computed once and the head trains on shuffled batches of them. Otherwise (the recipe)
+    `batches` are augmented training batches and the frozen encoder runs at every step.
+    """
     model.requires_grad_(False)
     model.head.requires_grad_(True)
-    features = cls_features(model, images)
+    if cached:
+        batches = data.TensorBatches(cls_features(model, batches), hp["batch_size"], hp["seed"])
+    model.eval()
     model.head.train()
 
-    def step_loss(idx, step):
-        return F.cross_entropy(model.head(features[idx]), labels[idx])
+    def step_loss(x, labels, step):
+        if not cached:
+            with torch.no_grad():
+                x = encode(model, x)
+        return F.cross_entropy(model.head(x), labels)
 
     torch.manual_seed(hp["seed"])
-    history = fit(list(model.head.parameters()), step_loss, len(images), hp, desc="linear probe")
+    history = fit(list(model.head.parameters()), step_loss, batches, hp, desc="linear probe")
     model.eval()
     return history
 
 
-def downstream(mae_state: dict, arch: dict, data: dict, hp: dict, head: str, device="cpu"):
+def downstream(mae_state: dict, arch: dict, num_classes: int, batches, hp: dict, head: str, device="cpu",
+               cached: bool = True):
     """Linear probe or fine-tune (globally pooled when `hp['global_pool']`) on top of an MAE
-    encoder. Returns (model, history)."""
+    encoder (see `linear_probe` for `batches` and `cached`). Returns (model, history)."""
     torch.manual_seed(hp["seed"])  # the head's initialisation
-    model = build_classifier(arch, data["num_classes"], head, hp.get("global_pool", False))
+    model = build_classifier(arch, num_classes, head, hp.get("global_pool", False))
     load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
     model.to(device)
     if head == "probe":
-        history = linear_probe(model, data["train_images"], data["train_labels"], hp)
+        history = linear_probe(model, batches, hp, cached)
     else:
-        history = train_classifier(model, data["train_images"], data["train_labels"], hp, desc="fine-tune")
+        history = train_classifier(model, batches, hp, desc="fine-tune")
     return model, history
