@@ -122,6 +122,7 @@ def test_surface_contract_and_reference_points(setup):
         "model": "m", "method": "mae", "objective": "pretext", "checkpoint": str(root / "mae.pth"), "mask_ratio": 0.75,
         "normalization": "filter", "perturb_1d": 0, "perturb_frozen": 0, "orthogonal": 0, "direction_seed": 0,
         "perturbed_tensors": dirs_count}
+    assert surf.attrs["checkpoint_format"] == "mae_pretrain"  # an official-layout file
     assert dirs_count > 10
 
     state, (dirs, _) = weights(root / "mae.pth"), directions.load(dirs_path)
@@ -145,6 +146,7 @@ def test_probe_surface_matches_the_reference(setup):
     surf, dirs, _ = compute_surface(root, settings(cfg, "probe"), "probe")
     assert set(surf.data_vars) == {"loss", "accuracy"}
     assert surf.attrs["mask_ratio"] == "n/a" and surf.attrs["mask_seed"] == "n/a"
+    assert surf.attrs["checkpoint_format"] == "vitlandscape"
     loss, acc = reference_grid(root, cfg, "probe", dirs, surf.alpha.values, surf.beta.values)
     np.testing.assert_allclose(surf.loss.values, loss, rtol=2e-5)
     centre = surf.sel(alpha=0.0, beta=0.0)
