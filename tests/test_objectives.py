@@ -112,3 +112,26 @@ def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, cap
     assert found["centre_loss"] == pytest.approx(objective.evaluate()[0])
     assert found["centre_loss"] >= 0.8 * found["zero_prediction_loss"]  # random init: no better than zeros
     assert "WARNING: models.mae: the pretext loss of the trained model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", ["pretext", "probe"])
+def test_a_streamed_subset_stays_uint8_and_gives_the_same_losses(tmp_path, objective):
+    """Streamed (uint8) evaluation images are normalised batch by batch on the device, and
+    pretext targets recomputed per batch: the same numbers as the float subset, bit for bit."""
+    from vitlandscape import data
+    torch.manual_seed(5)
+    pixels = torch.randint(0, 256, (N, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(N) % 3
+    streamed = {"streaming": True, "eval_images": pixels, "eval_labels": labels}
+    in_memory = {"train_images": data.normalise(pixels), "train_labels": labels, "eval_index": torch.arange(N)}
+    if objective == "pretext":
+        torch.save({"model": build_mae(TINY_ARCH, norm_pix_loss=True).state_dict()}, tmp_path / "m.pth")
+    else:
+        torch.save({"model": build_classifier(TINY_ARCH, 3, "probe").state_dict()}, tmp_path / "m.pth")
+    cfg = model_settings(norm_pix_loss=True)
+    a = objectives.build(objective, tmp_path / "m.pth", cfg, streamed, 16, 0, torch.device("cpu"))
+    b = objectives.build(objective, tmp_path / "m.pth", cfg, in_memory, 16, 0, torch.device("cpu"))
+    assert all(batch[0].dtype == torch.uint8 for batch in a.batches)
+    assert a.evaluate() == pytest.approx(b.evaluate(), rel=0, abs=0, nan_ok=True)
+    if objective == "pretext":
+        assert a.zero_prediction_loss() == b.zero_prediction_loss()

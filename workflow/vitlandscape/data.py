@@ -145,10 +145,14 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def eval_set(prepared: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation subset on `device`: normalised float images [N, 3, S, S] and labels [N]."""
+def eval_set(prepared: dict, device, normalised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation subset on `device`: normalised float images [N, 3, S, S] and labels [N].
+
+    With `normalised=False`, a streamed data set's images stay uint8 (a quarter of the
+    bytes; normalise them batch by batch with `normalise`)."""
     if is_streaming(prepared):  # uint8 crosses to the device, a quarter of the float bytes
-        return normalise(prepared["eval_images"].to(device)), prepared["eval_labels"].to(device)
+        images = prepared["eval_images"].to(device)
+        return normalise(images) if normalised else images, prepared["eval_labels"].to(device)
     index = prepared["eval_index"]
     return prepared["train_images"][index].to(device), prepared["train_labels"][index].to(device)
 

@@ -9,6 +9,7 @@ supervised  cross-entropy (and top-1) of the supervised ViT
 in place and call it again; results do not depend on the batch size.
 """
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ class Objective:
     model: torch.nn.Module
     batches: list = field(repr=False)
     info: dict = field(default_factory=dict)
+    # Turns a batch as stored into model input: uint8 images of a streamed data set are
+    # normalised batch by batch, so the device holds the subset at 1 byte per pixel.
+    inputs: Callable = field(default=lambda images: images, repr=False)
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
@@ -40,7 +44,8 @@ class Objective:
         # Sums stay on the device (float64 tensors from the first batch on): one
         # synchronisation per grid point, not one per batch.
         total = count = 0.0
-        for images, noise, target in self.batches:
+        for stored, noise, target in self.batches:
+            images = self.inputs(stored)
             latent, mask, ids_restore = model.forward_encoder(images, ratio, noise)
             pred = model.forward_decoder(latent, ids_restore)
             total = total + (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
@@ -51,7 +56,8 @@ class Objective:
         """The pretext loss of a decoder that predicts 0 for every target patch: the mean
         squared (norm-pix) target over the masked patches. A trained MAE is far below it."""
         total = count = 0.0
-        for _, noise, target in self.batches:
+        for stored, noise, target in self.batches:
+            target = self.model.targets(self.inputs(stored)) if target is None else target
             rank = noise.argsort(dim=1).argsort(dim=1)  # masked: not among the num_kept lowest
             mask = (rank >= num_kept(noise.shape[1], self.info["mask_ratio"])).float()
             total = total + ((target ** 2).mean(-1) * mask).sum(dtype=torch.float64)
@@ -60,8 +66,8 @@ class Objective:
 
     def _classification(self):
         total, correct = 0.0, 0
-        for images, labels in self.batches:
-            logits = self.model(images).float()
+        for stored, labels in self.batches:
+            logits = self.model(self.inputs(stored)).float()
             total = total + F.cross_entropy(logits, labels, reduction="sum").double()
             correct = correct + (logits.argmax(-1) == labels).sum()
         count = self.info["eval_samples"]
@@ -110,7 +116,8 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
     model, ckpt = load(objective, checkpoint, model_cfg)
     model.to(device)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
-    images, labels = data.eval_set(prepared, device)
+    images, labels = data.eval_set(prepared, device, normalised=False)
+    streamed = images.dtype == torch.uint8
     info = {"eval_samples": len(images), "checkpoint_format": ckpt.format}
     batches = []
     if objective == "pretext":
@@ -119,7 +126,9 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
                 x = images[i:i + batch_size]
-                batches.append((x, noise[i:i + batch_size], model.targets(x)))
+                # Targets are cached for in-memory data; for a streamed (large) subset they
+                # are recomputed per batch, which costs little next to the forward pass.
+                batches.append((x, noise[i:i + batch_size], None if streamed else model.targets(x)))
     else:
         batches = data.chunks(images, labels, batch_size)
-    return Objective(objective, model, batches, info)
+    return Objective(objective, model, batches, info, inputs=data.normalise if streamed else (lambda x: x))
