@@ -162,7 +162,11 @@ def main(argv=None) -> None:
     import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    from vitlandscape import landscape, plots, stages
+    # Only what the stage needs: a compute job does not import the plotting stack.
+    if args.stage.startswith("plot-"):
+        from vitlandscape import plots
+    else:
+        from vitlandscape import landscape, stages
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
