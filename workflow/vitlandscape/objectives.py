@@ -35,22 +35,33 @@ class Objective:
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
         """(loss, top-1 accuracy); accuracy is NaN for the pretext loss."""
-        if self.name == "pretext":
-            return self._pretext()
-        return self._classification()
-
-    def _pretext(self):
-        model, ratio = self.model, self.info["mask_ratio"]
         # Sums stay on the device (float64 tensors from the first batch on): one
         # synchronisation per grid point, not one per batch.
-        total = count = 0.0
-        for stored, noise, target in self.batches:
+        total = count = correct = 0.0
+        for batch in self.batches:
+            loss_sum, n, right = self.batch_sums(batch)
+            total, count, correct = total + loss_sum, count + n, correct + right
+        if self.name == "pretext":
+            return (total / count).item(), float("nan")
+        count = self.info["eval_samples"]
+        return total.item() / count, correct.item() / count
+
+    def batch_sums(self, batch) -> tuple:
+        """(loss summed over the batch in float64, what it is averaged over, correct top-1)
+        for one stored batch; differentiable when called outside inference mode. The
+        objective's loss is the sum of the first entries over the sum of the second."""
+        model = self.model
+        if self.name == "pretext":
+            stored, noise, target = batch
             images = self.inputs(stored)
-            latent, mask, ids_restore = model.forward_encoder(images, ratio, noise)
+            latent, mask, ids_restore = model.forward_encoder(images, self.info["mask_ratio"], noise)
             pred = model.forward_decoder(latent, ids_restore)
-            total = total + (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
-            count = count + mask.sum(dtype=torch.float64)
-        return (total / count).item(), float("nan")
+            loss_sum = (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
+            return loss_sum, mask.sum(dtype=torch.float64), 0
+        stored, labels = batch
+        logits = model(self.inputs(stored)).float()
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum").double()
+        return loss_sum, len(labels), (logits.argmax(-1) == labels).sum()
 
     def zero_prediction_loss(self) -> float:
         """The pretext loss of a decoder that predicts 0 for every target patch: the mean
