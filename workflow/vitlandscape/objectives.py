@@ -59,7 +59,8 @@ class Objective:
             loss_sum = (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
             return loss_sum, mask.sum(dtype=torch.float64), 0
         stored, labels = batch
-        logits = model(self.inputs(stored)).float()
+        logits = model(self.inputs(stored))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
         loss_sum = F.cross_entropy(logits, labels, reduction="sum").double()
         return loss_sum, len(labels), (logits.argmax(-1) == labels).sum()
 
