@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast mutation report clean
+.PHONY: setup run test test-fast mutation report slurm-profile clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ mutation: setup
 
 report: setup
 	snakemake --cores $(CORES) --report results/report.html
+
+# Install profiles/slurm as the user profile `slurm` (a copy; rerun after pulling profile changes),
+# so that `snakemake --profile slurm` works as typed. Snakemake looks for profiles in the working
+# directory, $$XDG_CONFIG_HOME/snakemake (default ~/.config/snakemake) and /etc/xdg/snakemake.
+PROFILE_DIR ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+slurm-profile:
+	mkdir -p $(PROFILE_DIR)
+	cp profiles/slurm/profile.yaml $(PROFILE_DIR)/profile.yaml
+	@echo "wrote $(PROFILE_DIR)/profile.yaml (from profiles/slurm); now: snakemake --profile slurm"
 
 clean:
 	rm -rf results .snakemake

@@ -22,6 +22,20 @@ include: "workflow/rules/landscape.smk"
 include: "workflow/rules/figures.smk"
 
 
+# On a cluster (snakemake --profile slurm) these small rules run on the submitting host,
+# not as jobs of their own; locally the directive changes nothing.
+localrules:
+    all,
+    assemble,
+    accuracy_table,
+    effective_config,
+    surface_figures,
+    accuracy_figure,
+    line_figure,
+    interpolation_figure,
+    compare_figures,
+
+
 rule all:
     input:
         all_targets(),

@@ -43,6 +43,9 @@ rule surface_tile:
         mem_mb=8000,
         runtime=12 * 60,
         gpu=LANDSCAPE_GPU,
+    # On a cluster, `--group-components tiles=N` packs N tiles into one job (ignored locally).
+    group:
+        "tiles"
     conda:
         ENV
     shell:

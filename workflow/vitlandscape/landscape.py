@@ -5,6 +5,8 @@ Each takes `settings`: the model's config entry plus `name`, `objective` and the
 """
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -73,12 +75,26 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     return objective, perturbation, attrs
 
 
+def _fail_once_for_tests(key: str) -> None:
+    """Test hook: with VITLANDSCAPE_FAIL_ONCE=<dir>, a tile's first attempt fails after computing
+    (leaving a marker file in <dir>) so that the retry path is exercised; unset, nothing happens."""
+    folder = os.environ.get("VITLANDSCAPE_FAIL_ONCE")
+    if not folder:
+        return
+    marker = Path(folder) / key
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"VITLANDSCAPE_FAIL_ONCE: first attempt of tile {key} fails on purpose")
+
+
 def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: str, out) -> xr.Dataset:
     ls = settings["landscape"]
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
     sa, sb = grid.tile_slices(tile, ls["alpha"], ls["beta"], ls["tile"])
     alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
     loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
+    _fail_once_for_tests(f"{settings['name']}.{settings['objective']}.{tile}")
     ds = surface.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
     surface.write_netcdf(ds, out)
     print(f"tile {tile}: {loss.size} points, loss {np.nanmin(loss):.4f} .. {np.nanmax(loss):.4f} -> {out}")
