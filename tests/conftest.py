@@ -90,8 +90,9 @@ def planned_jobs(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict]]:
     run = snakemake(workdir, "-n", *args, **kwargs)
     assert run.returncode == 0, run.stdout + run.stderr
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
-        head = re.match(r"(?:local)?rule (\w+):", block)
+    # jobs of a group (tiles) are printed indented under the group's header
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", run.stdout):
+        head = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not head:
             continue
         found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
