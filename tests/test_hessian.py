@@ -104,3 +104,32 @@ def test_trace_and_density(case):
     grid = np.linspace(nodes.min() - 1, nodes.max() + 1, 4001)
     smooth = hessian.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
     assert np.trapezoid(smooth, grid) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gaussian_flatness_against_moved_weights_by_hand():
+    """Each sample's rise equals the loss at theta + sigma * x-direction of seed + s, computed
+    here from the saved weights with functional_call; the weights are restored afterwards."""
+    from vitlandscape import directions, flatness
+    objective = micro_objective("probe")
+    model = objective.model
+    theta = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.cat([b[0] for b in objective.batches])
+    labels = torch.cat([b[1] for b in objective.batches])
+
+    def loss(params):
+        return F.cross_entropy(functional_call(model, params, (images,)), labels).item()
+
+    sigmas, samples = [0.01, 0.1], 3
+    found = flatness.gaussian_flatness(objective, sigmas, samples, seed=7)
+    centre = loss(theta)
+    rises = np.empty((2, samples))
+    for s in range(samples):
+        x = directions.split(directions.make(model, 7 + s))["x"]
+        for k, sigma in enumerate(sigmas):
+            moved = {name: value + sigma * x[name].double() if name in x else value for name, value in theta.items()}
+            rises[k, s] = loss(moved) - centre
+    np.testing.assert_allclose(found["mean_rise"], rises.mean(axis=1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(found["stderr"], rises.std(axis=1, ddof=1) / np.sqrt(samples), rtol=1e-9)
+    assert found["centre_loss"] == pytest.approx(centre, rel=1e-12)
+    assert all(torch.equal(v, theta[k]) for k, v in model.state_dict().items())
+    assert flatness.gaussian_flatness(objective, sigmas, samples, seed=7)["mean_rise"] == found["mean_rise"]

@@ -215,8 +215,8 @@ MODULE_STAGES = {
     # compute no result
     "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "throughput.py": set(),
     "bench.py": set(),
-    # curvature and basin measures: library modules that no rule runs yet
-    "hessian.py": set(), "basins.py": set(),
+    # curvature, flatness and basin measures: library modules that no rule runs yet
+    "hessian.py": set(), "basins.py": set(), "flatness.py": set(),
 }
 def rules_with_changed_params(workdir: Path) -> set[str]:
     """Rules of the outputs whose own params (code hash included) changed, from `--summary`:
