@@ -33,7 +33,7 @@ MODELS = config["models"]
 DATASET = config["data"]["dataset"]
 DATA_FILE = f"results/data/{DATASET}.pt"
 # How many processes decode images changes how fast, not what, a job computes: the training
-# rules pass it on the command line (a workflow global), never in params.
+# rules take it as a resource (not a rerun trigger, unlike params).
 DATA_SETTINGS = {k: v for k, v in config["data"].items() if k != "workers"}
 WORKERS = config["data"]["workers"]
 TRAIN_GPU = 1 if config["device"] == "cuda" else 0

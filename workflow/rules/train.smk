@@ -19,11 +19,12 @@ rule pretrain:
         mem_mb=8000,
         runtime=24 * 60,
         gpu=TRAIN_GPU,
+        workers=WORKERS,
     conda:
         ENV
     shell:
         "vitlandscape pretrain --settings {params.settings:q} --data {input.data} --out {output}"
-        " --threads {threads} --device {params.device} --workers {WORKERS} > {log} 2>&1"
+        " --threads {threads} --device {params.device} --workers {resources.workers} > {log} 2>&1"
 
 
 rule downstream:
@@ -49,12 +50,13 @@ rule downstream:
         mem_mb=8000,
         runtime=24 * 60,
         gpu=TRAIN_GPU,
+        workers=WORKERS,
     conda:
         ENV
     shell:
         "vitlandscape {wildcards.stage} --settings {params.settings:q} --data {input.data}"
         " --checkpoint {input.checkpoint} --out {output.checkpoint} --metrics {output.metrics}"
-        " --threads {threads} --device {params.device} --workers {WORKERS} > {log} 2>&1"
+        " --threads {threads} --device {params.device} --workers {resources.workers} > {log} 2>&1"
 
 
 rule evaluate_given:
@@ -79,12 +81,13 @@ rule evaluate_given:
         mem_mb=8000,
         runtime=2 * 60,
         gpu=TRAIN_GPU,
+        workers=WORKERS,
     conda:
         ENV
     shell:
         "vitlandscape evaluate --stage {wildcards.stage} --settings {params.settings:q} --data {input.data}"
         " --checkpoint {input.checkpoint} --metrics {output} --threads {threads} --device {params.device}"
-        " --workers {WORKERS} > {log} 2>&1"
+        " --workers {resources.workers} > {log} 2>&1"
 
 
 rule accuracy_table:
