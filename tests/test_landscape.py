@@ -201,6 +201,9 @@ def test_line_and_interpolation(setup):
     np.testing.assert_array_equal(saved.alpha.values, np.linspace(-1, 1, 5))
     assert saved.attrs["grid"] == "line=[-1.0, 1.0, 5]" and saved.attrs["config_hash"] == surf.attrs["config_hash"]
     assert saved.attrs["directions_sha256"] == surf.attrs["directions_sha256"]
+    # the pretext sanity check takes the loss at the trained weights from the line itself
+    assert saved.attrs["centre_loss"] == saved.loss.sel(alpha=0.0).item() == surf.loss.sel(alpha=0.0, beta=0.0).item()
+    assert saved.attrs["zero_prediction_loss"] > 0
 
     torch.manual_seed(5)
     torch.save({"model": build_mae(cfg["arch"]).state_dict()}, root / "other.pth")

@@ -117,10 +117,12 @@ def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr
 def line(settings: dict, data_path, checkpoint, directions_path, out) -> xr.Dataset:
     """The 1-D landscape L(theta + t * dx) for t on `landscape.line`."""
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
-    if settings["objective"] == "pretext":
-        attrs.update(pretext_sanity(objective, settings))
     ts = grid.axis(settings["landscape"]["line"])
     losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts], desc="line")
+    if settings["objective"] == "pretext":
+        # the line usually passes through the trained weights: reuse that point
+        centre = float(losses[ts == 0][0]) if (ts == 0).any() else objective.evaluate()[0]
+        attrs.update(pretext_sanity(centre, objective, settings))
     return _write_path(losses, accs, ts, "alpha", {**attrs, "grid": f"line={settings['landscape']['line']}"}, out)
 
 
@@ -129,11 +131,11 @@ def line(settings: dict, data_path, checkpoint, directions_path, out) -> xr.Data
 SUSPICIOUS_PRETEXT = 0.8
 
 
-def pretext_sanity(objective, settings: dict) -> dict:
-    """The centre pretext loss against the zero-prediction loss; warns (in the job log)
-    when the model reconstructs no better than zeros: most often a `norm_pix_loss` that
-    does not match the checkpoint's training."""
-    centre, zero = objective.evaluate()[0], objective.zero_prediction_loss()
+def pretext_sanity(centre: float, objective, settings: dict) -> dict:
+    """The pretext loss at the trained weights (`centre`) against the zero-prediction loss;
+    warns (in the job log) when the model reconstructs no better than zeros: most often a
+    `norm_pix_loss` that does not match the checkpoint's training."""
+    zero = objective.zero_prediction_loss()
     print(f"pretext loss at the centre {centre:.4f}; predicting zeros gives {zero:.4f}")
     if centre >= SUSPICIOUS_PRETEXT * zero:
         print(f"WARNING: models.{settings['name']}: the pretext loss of the trained model ({centre:.4f}) is "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlandscape import checkpoints, data, formats
-from vitlandscape.masking import eval_noise, num_kept
+from vitlandscape.masking import eval_noise, random_masking
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
 
@@ -70,20 +70,10 @@ class Objective:
         total = count = 0.0
         for stored, noise, target in self.batches:
             target = self.model.targets(self.inputs(stored)) if target is None else target
-            rank = noise.argsort(dim=1).argsort(dim=1)  # masked: not among the num_kept lowest
-            mask = (rank >= num_kept(noise.shape[1], self.info["mask_ratio"])).float()
+            _, mask, _ = random_masking(target, self.info["mask_ratio"], noise)  # the evaluation masks
             total = total + ((target ** 2).mean(-1) * mask).sum(dtype=torch.float64)
             count = count + mask.sum(dtype=torch.float64)
         return (total / count).item()
-
-    def _classification(self):
-        total, correct = 0.0, 0
-        for stored, labels in self.batches:
-            logits = self.model(self.inputs(stored)).float()
-            total = total + F.cross_entropy(logits, labels, reduction="sum").double()
-            correct = correct + (logits.argmax(-1) == labels).sum()
-        count = self.info["eval_samples"]
-        return total.item() / count, correct.item() / count
 
 
 def model_for(ckpt: formats.Checkpoint, objective: str, model_cfg: dict) -> torch.nn.Module:
