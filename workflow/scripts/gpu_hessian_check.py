@@ -14,22 +14,17 @@ import time
 import torch
 
 from vitlandscape import hessian, objectives
-from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 
 
 def objective_for(name: str, images: torch.Tensor, batch: int) -> objectives.Objective:
-    n, device = len(images), images.device
     if name == "pretext":
-        model = build_mae("mae_vit_base_patch16", norm_pix_loss=True).to(device).eval()
-        noise = eval_noise(n, model.patch_embed.num_patches, 0).to(device)
-        batches = [(images[i:i + batch], noise[i:i + batch], None) for i in range(0, n, batch)]
-        return objectives.Objective("pretext", model, batches, {"mask_ratio": 0.75, "eval_samples": n})
-    model = build_classifier("vit_base_patch16", 1000, "supervised").to(device).eval()
-    labels = torch.randint(0, 1000, (n,), device=device)
-    batches = [(images[i:i + batch], labels[i:i + batch]) for i in range(0, n, batch)]
-    return objectives.Objective("supervised", model, batches, {"eval_samples": n})
+        model = build_mae("mae_vit_base_patch16", norm_pix_loss=True)
+    else:
+        model = build_classifier("vit_base_patch16", 1000, "supervised")
+    labels = torch.randint(0, 1000, (len(images),), device=images.device)
+    return objectives.from_model(name, model.to(images.device).eval(), images, labels, batch)
 
 
 def main():

@@ -19,7 +19,6 @@ import time
 import torch
 
 from vitlandscape import directions, objectives, plan, surface
-from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 
@@ -32,18 +31,12 @@ CASES = [  # name, objective, arch
 
 
 def build_objective(objective: str, arch: str, images: torch.Tensor, batch: int) -> objectives.Objective:
-    n, device = len(images), images.device
     if objective == "pretext":
-        model = build_mae(arch, norm_pix_loss=True).to(device).eval()
-        noise = eval_noise(n, model.patch_embed.num_patches, 0).to(device)
-        with torch.inference_mode():
-            batches = [(images[i:i + batch], noise[i:i + batch], model.targets(images[i:i + batch]))
-                       for i in range(0, n, batch)]
-        return objectives.Objective("pretext", model, batches, {"mask_ratio": 0.75, "eval_samples": n})
-    model = build_classifier(arch, 1000, "supervised").to(device).eval()
-    labels = torch.randint(0, 1000, (n,), device=device)
-    batches = [(images[i:i + batch], labels[i:i + batch]) for i in range(0, n, batch)]
-    return objectives.Objective(objective, model, batches, {"eval_samples": n})
+        model = build_mae(arch, norm_pix_loss=True)
+    else:
+        model = build_classifier(arch, 1000, "supervised")
+    labels = torch.randint(0, 1000, (len(images),), device=images.device)
+    return objectives.from_model(objective, model.to(images.device).eval(), images, labels, batch)
 
 
 def sync():

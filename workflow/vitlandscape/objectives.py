@@ -116,21 +116,29 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
           mask_seed: int, device: torch.device) -> Objective:
     """Model and evaluation batches, all on `device`, for one objective."""
     model, ckpt = load(objective, checkpoint, model_cfg)
-    model.to(device)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     images, labels = data.eval_set(prepared, device, normalised=False)
+    built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"])
+    built.info["checkpoint_format"] = ckpt.format
+    return built
+
+
+def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int, mask_seed: int = 0, mask_ratio: float = 0.75) -> Objective:
+    """The objective of a model already on the images' device: float images, or uint8 ones
+    (a streamed subset) normalised batch by batch. `mask_*` only for the pretext loss."""
     streamed = images.dtype == torch.uint8
-    info = {"eval_samples": len(images), "checkpoint_format": ckpt.format}
-    batches = []
-    if objective == "pretext":
-        noise = eval_noise(len(images), model.patch_embed.num_patches, mask_seed).to(device)
-        info.update(mask_seed=mask_seed, mask_ratio=model_cfg["mask_ratio"])
+    info = {"eval_samples": len(images)}
+    if objective != "pretext":
+        batches = data.chunks(images, labels, batch_size)
+    else:
+        noise = eval_noise(len(images), model.patch_embed.num_patches, mask_seed).to(images.device)
+        info.update(mask_seed=mask_seed, mask_ratio=mask_ratio)
+        batches = []
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
                 x = images[i:i + batch_size]
                 # Targets are cached for in-memory data; for a streamed (large) subset they
                 # are recomputed per batch, which costs little next to the forward pass.
                 batches.append((x, noise[i:i + batch_size], None if streamed else model.targets(x)))
-    else:
-        batches = data.chunks(images, labels, batch_size)
     return Objective(objective, model, batches, info, inputs=data.normalise if streamed else (lambda x: x))
