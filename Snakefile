@@ -20,6 +20,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/metrics.smk"
 
 
 # On a cluster (snakemake --profile slurm) these small rules run on the submitting host,
@@ -28,12 +29,15 @@ localrules:
     all,
     assemble,
     accuracy_table,
+    metrics_tables,
     effective_config,
     surface_figures,
     accuracy_figure,
     line_figure,
     interpolation_figure,
     compare_figures,
+    spectrum_figure,
+    ratio_map_figure,
 
 
 rule all:

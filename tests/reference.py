@@ -9,7 +9,8 @@ import torch
 
 
 def f64(state: dict) -> dict:
-    return {k: v.detach().double() for k, v in state.items()}
+    """float64 copies; tensors that require grad stay in the graph (a test may differentiate)."""
+    return {k: v.double() for k, v in state.items()}
 
 
 def layer_norm(x, weight, bias, eps=1e-6):

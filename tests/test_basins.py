@@ -24,6 +24,10 @@ def test_bowl_basin_is_the_ellipse_at_the_level():
     # relative and absolute forms of the same level
     assert basins.relative_basins(loss, AXIS, AXIS, [c])[0]["area"] == found["area"]
     assert basins.absolute_basins(loss, AXIS, AXIS, [c])[0]["area"] == found["area"]
+    assert not found["touches_edge"]
+    # at level 1 + 2.5 the ellipse's long semi-axis (sqrt(5) > 1) leaves the grid: censored
+    assert basins.basin(loss, AXIS, AXIS, 3.5)["touches_edge"]
+    assert not basins.basin(loss, AXIS, AXIS, 1.45)["touches_edge"]  # semi-axes 0.47, 0.95
 
 
 def test_basin_is_the_component_around_the_centre():
@@ -40,6 +44,7 @@ def test_bowl_with_a_non_convex_rim():
     found = basins.convex_region(r2 / 2 - r2 ** 2 / 4, AXIS, AXIS)
     assert found["area"] == pytest.approx(math.pi / 3, rel=0.02)
     assert found["mean_radius"] == pytest.approx(1 / math.sqrt(3), rel=0.02)
+    assert not found["touches_edge"]
 
 
 def test_a_saddle_has_no_convex_region_and_a_tilted_bowl_is_all_convex():
@@ -48,6 +53,7 @@ def test_a_saddle_has_no_convex_region_and_a_tilted_bowl_is_all_convex():
     # a correlated bowl (f_ab != 0) stays positive definite everywhere but the grid's edge
     found = basins.convex_region(A ** 2 + A * B + B ** 2, AXIS, AXIS)
     assert found["points"] == 199 * 199
+    assert found["touches_edge"]  # convex up to the last points with a central difference
     # ... and a correlated saddle (det < 0 although f_aa, f_bb > 0) has none
     assert basins.convex_region(A ** 2 + 3 * A * B + B ** 2, AXIS, AXIS)["points"] == 0
 

@@ -110,6 +110,15 @@ CHECK_ERRORS = [
     (lambda c: _set("models.rcmae.arch", dict(c["models"]["mae"]["arch"], depth=2))(c) or _set(
         "landscape.interpolations", [{"name": "w", "start": "mae", "end": "rcmae", "objective": "pretext"}])(c),
      "landscape.interpolations[0] (w): mae and rcmae have different architectures"),
+    (_set("metrics.sharpness_rho", [0.5, 1.5]), "metrics.sharpness_rho: 1.5 is beyond the surface grid"),
+    (_set("metrics.claims", [{"name": "c", "claim": "x", "wider": "mae/pretext", "than": "sup/finetune",
+                              "measures": ["basin_radius_r0.5"]}]),
+     "metrics.claims[0] (c).than: surface sup/finetune is not computed"),
+    (_set("metrics.claims", [{"name": "c", "claim": "x", "wider": "mae/pretext", "than": "sup/supervised",
+                              "measures": ["basin_radius_r0.3"]}]),
+     "metrics.claims[0] (c).measures: basin_radius_r0.3 is not measured"),
+    (lambda c: _set("metrics.hessian.enabled", False)(c),
+     "metrics.claims[1] (rcmae_convex_region_pretext).measures: ratio_min_max is not measured"),
 ]
 
 
@@ -142,6 +151,7 @@ def test_supervised_presets(default_config):
     config["models"] = {"deit_b": {"method": "supervised", "arch": "vit_base_patch16"},
                         "mae_b": {"method": "mae", "arch": "mae_vit_base_patch16"}}
     config["figures"]["compare"] = []
+    config["metrics"]["claims"] = []
     config["landscape"]["interpolations"] = []
     assert configcheck.problems(validated(config)) == []
 

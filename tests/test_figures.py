@@ -1,5 +1,6 @@
 """Figures and interactive exports of synthetic loss surfaces."""
 
+import json
 import re
 
 import numpy as np
@@ -9,7 +10,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from vitlandscape import figures, interactive
+from vitlandscape import figures, interactive, plots
 
 ALPHA = np.linspace(-1, 1, 9)
 BETA = np.linspace(-0.5, 1, 7)
@@ -54,6 +55,34 @@ def interpolation() -> xr.Dataset:
                              "end_model": "rcmae", "eval_samples": 256})
 
 
+EIGENVALUES = np.array([-0.3, 0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 3.2, 5.1])
+
+
+def hessian(eigenvalues=EIGENVALUES, **attrs) -> dict:
+    """Metrics of a diagonal Hessian as the metrics stage writes them: exact eigenvalues,
+    and two quadrature runs that each find them all (weight 1/n in all; the density is known)."""
+    values = np.linalg.eigvalsh(np.diag(eigenvalues))
+    top = values[::-1][:3]
+    return {
+        "model": "vit_tiny_mae", "method": "mae", "objective": "pretext", "parameters": values.size,
+        "eval_samples": 256, "centre_loss": 0.55, "top_eigenvalues": top.tolist(),
+        "top_residuals": [1e-9] * 3, "min_eigenvalue": float(values[0]), "min_residual": 1e-9,
+        "ratio_min_max": abs(values[0] / top[0]), "lanczos": {"steps": 20, "products": 24, "seconds": 3.1},
+        "trace": {"value": float(values.sum()), "stderr": 0.4, "probes": 10, "products": 10, "seconds": 1.2},
+        "density": {"nodes": [*values, *values], "weights": [0.5 / values.size] * 2 * values.size, "runs": 2,
+                    "steps": 20, "products": 40, "seconds": 0.5},
+        **attrs,
+    }
+
+
+def spectra():
+    return [("mae/pretext", hessian()),
+            ("sup/supervised", hessian(EIGENVALUES * 3 - 1, model="vit_tiny_sup", method="supervised",
+                                       objective="supervised", eval_samples=512)),
+            ("rcmae/pretext", hessian(EIGENVALUES ** 2, model="vit_tiny_rcmae", method="rcmae")),
+            ("flat/pretext", hessian(np.ones(4)))]
+
+
 FIGURES = {
     "3d": (figures.make_surface_figure, figures.plot_surface, surface),
     "contour": (figures.make_contour_figure, figures.plot_contour, surface),
@@ -62,6 +91,7 @@ FIGURES = {
     "compare": (figures.make_comparison_figure, figures.plot_comparison, two_entries),
     "basins": (figures.make_basin_figure, figures.plot_basin_overlay, two_entries),
     "path": (figures.make_path_figure, figures.plot_path, line),
+    "spectrum": (figures.make_spectrum_figure, figures.plot_spectrum, spectra),
 }
 
 
@@ -295,3 +325,65 @@ def test_text_overlaps_reports_tick_labels_that_run_together():
     ax.set_xticks(np.linspace(-1, 1, 15))
     crowded = describe_overlaps(fig)
     assert crowded and all(a.startswith(("−", "0", "1")) for a, _ in crowded)
+
+
+def test_smoothed_density_integrates_to_one_around_the_quadrature_mean():
+    weights = np.arange(1, EIGENVALUES.size + 1) / np.arange(1, EIGENVALUES.size + 1).sum()
+    grid = np.linspace(-2, 7, 20001)
+    density = figures.smoothed_density(EIGENVALUES, weights, grid, width=0.05)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
+    mean = np.trapezoid(grid * density, grid)
+    assert mean == pytest.approx(weights @ EIGENVALUES, rel=1e-6)
+    variance = np.trapezoid((grid - mean) ** 2 * density, grid)
+    assert variance == pytest.approx(weights @ (EIGENVALUES - mean) ** 2 + 0.05**2, rel=1e-6)
+
+
+def test_spectrum_has_a_panel_per_entry_marking_the_extreme_eigenvalues():
+    entries = spectra()
+    fig = figures.make_spectrum_figure(entries, FAST)
+    assert len(fig.axes) == len(entries)
+    assert fig.get_suptitle().startswith("Hessian eigenvalue spectral density (stochastic Lanczos quadrature)\n")
+    assert "SLQ: 2 runs × 20 Lanczos steps" in fig.get_suptitle() and "eval samples" not in fig.get_suptitle()
+    for ax, (label, h) in zip(fig.axes, entries):
+        assert ax.get_yscale() == "log"
+        dashed = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+        dotted = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+        assert dashed == h["top_eigenvalues"] and dotted == [h["min_eigenvalue"]]
+        x, y = ax.lines[0].get_data()
+        lo, hi = ax.get_xlim()
+        assert (x[0], x[-1]) == (lo, hi) and lo < min(h["density"]["nodes"]) and hi > max(h["density"]["nodes"])
+        assert np.all(y > 0) and np.all(np.isfinite(y))
+        title = ax.get_title()
+        method = figures.METHOD_NAMES[h["method"]]
+        for expected in [label, method, h["model"], f"{h['objective']} loss", f"{h['eval_samples']} eval samples",
+                         f"λ_max {h['top_eigenvalues'][0]:.3g}", f"λ_min {h['min_eigenvalue']:.3g}",
+                         f"|λ_min/λ_max| {h['ratio_min_max']:.3g}", f"tr H {h['trace']['value']:.3g} ± 0.4",
+                         "(1% of axis)"]:
+            assert expected in title.replace("\n", " ")
+    assert fig.axes[3].get_xlim() == pytest.approx((0.95, 1.05))  # one eigenvalue: padded by 5 % of it
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "SLQ density, Gaussian-smoothed", "top eigenvalues (Lanczos)", "λ_min (Lanczos)"]
+    with pytest.raises(ValueError, match="at least one entry"):
+        figures.make_spectrum_figure([], FAST)
+
+
+def test_spectrum_density_peaks_at_the_eigenvalues():
+    separated = np.array([-0.3, 0.5, 2.0, 3.2, 5.1])
+    fig = figures.make_spectrum_figure([("mae/pretext", hessian(separated))], FAST)
+    x, y = fig.axes[0].lines[0].get_data()
+    peaks = x[1:-1][(y[1:-1] > y[:-2]) & (y[1:-1] > y[2:])]
+    np.testing.assert_allclose(peaks, separated, atol=2 * (x[1] - x[0]))
+
+
+def test_spectrum_figure_reads_hessian_files(tmp_path, capsys):
+    files = []
+    for label, h in spectra()[:2]:
+        files.append(tmp_path / f"{label.replace('/', '_')}.json")
+        files[-1].write_text(json.dumps(h))
+    settings = {**FAST, "formats": ["png", "svg"]}
+    paths = plots.spectrum_figure(settings, files, ["mae/pretext", "sup/supervised"], tmp_path / "out" / "all")
+    assert paths == [tmp_path / "out" / "all_spectrum.png", tmp_path / "out" / "all_spectrum.svg"]
+    assert capsys.readouterr().out.split() == [str(p) for p in paths]
+    assert "sup/supervised" in paths[1].read_text()
+    with pytest.raises(ValueError, match="2 Hessian files but 1 labels"):
+        plots.spectrum_figure(settings, files, ["mae/pretext"], tmp_path / "bad")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitlandscape import hessian, objectives
+from vitlandscape import figures, hessian, objectives
 from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
@@ -83,6 +83,20 @@ def test_extreme_eigenvalues_and_residuals(case):
         found["top_eigenvalues"]
 
 
+def test_lanczos_stops_at_the_tolerance(case):
+    """With a tolerance, Lanczos stops once the Ritz residual estimates fall below it: far fewer
+    steps than allowed, residuals (measured by products) near tolerance * lambda_max."""
+    objective, dense = case
+    exact = np.linalg.eigvalsh(dense)
+    found = hessian.lanczos(hessian.HessianOperator(objective), k=3, steps=80, seed=0, tolerance=1e-3)
+    assert found["lanczos_steps"] < 30
+    residuals = found["top_residuals"] + [found["min_residual"]]
+    assert max(residuals) < 2e-3 * exact[-1]
+    np.testing.assert_allclose(found["top_eigenvalues"], exact[::-1][:3], rtol=1e-3)
+    looser = hessian.lanczos(hessian.HessianOperator(objective), k=3, steps=80, seed=0, tolerance=1e-2)
+    assert looser["lanczos_steps"] < found["lanczos_steps"]
+
+
 def test_trace_and_density(case):
     objective, dense = case
     op = hessian.HessianOperator(objective)
@@ -102,7 +116,7 @@ def test_trace_and_density(case):
         expected = np.mean([z @ power @ z for z in starts]) / op.size
         assert (weights * nodes ** p).sum() == pytest.approx(expected, rel=1e-6)
     grid = np.linspace(nodes.min() - 1, nodes.max() + 1, 4001)
-    smooth = hessian.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
+    smooth = figures.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
     assert np.trapezoid(smooth, grid) == pytest.approx(1.0, abs=1e-3)
 
 

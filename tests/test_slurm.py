@@ -44,6 +44,7 @@ def small_config(device: str = "auto") -> dict:
     config["landscape"].update(alpha=[-1.0, 1.0, 5], beta=[-1.0, 1.0, 5], tile=[3, 3], interpolations=[],
                                device=device)
     config["figures"]["compare"] = []
+    config["metrics"]["claims"] = []
     config["threads"] = 1
     return config
 

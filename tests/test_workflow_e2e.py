@@ -21,7 +21,9 @@ from conftest import ROOT, planned_jobs, snakemake
 
 pytestmark = pytest.mark.e2e
 
-FIGURE_RULES = {"surface_figures", "accuracy_figure", "compare_figures", "line_figure", "interpolation_figure"}
+FIGURE_RULES = {"surface_figures", "accuracy_figure", "compare_figures", "line_figure", "interpolation_figure",
+                "spectrum_figure"}
+SURFACES = [("mae", "pretext"), ("mae", "probe"), ("rcmae", "pretext"), ("rcmae", "probe"), ("sup", "supervised")]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,8 @@ def test_every_figure_is_a_valid_file(workflow_run):
             check_png(figures / "compare" / f"{name}_{kind}.png")
             check_pdf(figures / "compare" / f"{name}_{kind}.pdf")
     check_png(figures / "interpolations/mae_to_rcmae_path.png")
+    check_png(figures / "metrics/hessian_spectrum.png")
+    check_pdf(figures / "metrics/hessian_spectrum.pdf")
     assert len(list(figures.rglob("*.png"))) == len(list(figures.rglob("*.pdf")))
 
 
@@ -143,7 +147,8 @@ def test_report_holds_every_figure_and_table_with_its_caption(workflow_run):
     results, _ = json.JSONDecoder().raw_decode(html, start)
     figures = {str(p.relative_to(workdir)) for p in (workdir / "results/figures").rglob("*")
                if p.suffix in (".png", ".pdf")}
-    assert set(results) == figures | {"results/metrics/accuracy.csv", "results/config.yaml"}
+    assert set(results) == figures | {"results/metrics/accuracy.csv", "results/metrics/summary.csv",
+                                      "results/metrics/findings.csv", "results/config.yaml"}
     for path, entry in results.items():
         caption = entry["caption"]
         assert len(re.sub(r"<[^>]+>", "", caption).strip()) > 60 and "{{" not in caption, path
@@ -152,6 +157,49 @@ def test_report_holds_every_figure_and_table_with_its_caption(workflow_run):
             assert f"<strong>{labels['model']}</strong>" in caption and labels["objective"] in caption, path
         payload = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
         assert payload == (workdir / path).read_bytes(), path
+
+
+def test_metrics_and_findings(workflow_run):
+    """Every surface measured (Hessian, flatness, surface measures); one findings row per claim
+    and measure of the config, each with both numbers and a verdict."""
+    workdir, _ = workflow_run
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())["metrics"]
+    summary = pd.read_csv(workdir / "results/metrics/summary.csv")
+    assert list(zip(summary.model, summary.objective)) == SURFACES
+    for _, row in summary.iterrows():
+        assert row.lambda_1 >= row.lambda_2 >= row.lambda_3 > 0 and row.lambda_max == row.lambda_1
+        assert row.lambda_min < row.lambda_3 and row.ratio_min_max == pytest.approx(abs(row.lambda_min / row.lambda_1),
+                                                                                     rel=1e-4)
+        # Lanczos stops at the config's tolerance: the residuals, measured, are of that order
+        assert row.max_residual < 5 * config["hessian"]["tolerance"] * row.lambda_max
+        assert row.trace > 0 and row.trace_stderr > 0 and row.hvp_products > 0
+        assert row["flatness_s0.2"] > row["flatness_s0.05"] > 0  # a trained minimum: the loss rises
+        assert row["basin_radius_r1"] >= row["basin_radius_r0.1"] > 0
+    detail = json.loads((workdir / "results/metrics/sup/supervised.json").read_text())
+    assert detail["hessian"]["density"]["weights"] and detail["surface"]["convex_region"]["area"] >= 0
+    findings = pd.read_csv(workdir / "results/metrics/findings.csv")
+    expected = [(c["name"], m) for c in config["claims"] for m in c["measures"]]
+    assert list(zip(findings.claim, findings.measure)) == expected
+    assert set(findings.verdict) <= {"holds", "does not hold", "undecided"}
+    assert findings.wider_value.notna().all() and findings.than_value.notna().all()
+
+
+def test_changing_metric_settings_reruns_only_metrics(workflow_run):
+    workdir, _ = workflow_run
+
+    def more_eigenvalues(config):
+        config["metrics"]["hessian"]["top_k"] = 4
+
+    jobs = planned_jobs(workdir, "--configfile", _write_config(workdir, more_eigenvalues))
+    assert sorted(jobs, key=str) == sorted([("hessian", {"model": m, "objective": o}) for m, o in SURFACES]
+                                           + [("metrics_tables", {}), ("spectrum_figure", {}),
+                                              ("effective_config", {}), ("all", {})], key=str)
+
+    def another_claim_measure(config):
+        config["metrics"]["claims"][0]["measures"].append("basin_area_r1")
+
+    rules = {rule for rule, _ in planned_jobs(workdir, "--configfile", _write_config(workdir, another_claim_measure))}
+    assert rules == {"metrics_tables", "effective_config", "all"}
 
 
 def test_nothing_to_do_after_a_complete_run(workflow_run):
@@ -197,27 +245,29 @@ def test_changing_figure_settings_reruns_only_figures(workflow_run):
 # project's promise, written down here independently of the lists in common.smk.
 STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstream"}, "table": {"accuracy_table"},
                "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate"},
-               "figures": FIGURE_RULES}
+               "figures": FIGURE_RULES, "metrics": {"hessian", "flatness"}, "metrics_tables": {"metrics_tables"}}
 EVERY_STAGE = set(STAGE_RULES)
-MODEL_STAGES = {"train", "landscape"}
+TORCH_STAGES = EVERY_STAGE - {"metrics_tables"}  # the tables' job reads files: no checkpoints, no data
+MODEL_STAGES = {"train", "landscape", "metrics"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "stages.py": EVERY_STAGE, "checkpoints.py": EVERY_STAGE, "formats.py": EVERY_STAGE,
-    "data.py": EVERY_STAGE,
-    "devices.py": EVERY_STAGE,
+    "__init__.py": EVERY_STAGE, "outputs.py": EVERY_STAGE, "stages.py": TORCH_STAGES, "checkpoints.py": TORCH_STAGES,
+    "formats.py": TORCH_STAGES, "data.py": TORCH_STAGES, "devices.py": TORCH_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,
     "objectives.py": MODEL_STAGES, "progress.py": MODEL_STAGES | {"prepare_data"}, "train.py": {"train"},
     "rcmae.py": {"train"}, "imagefolder.py": {"prepare_data", "train"},
-    "landscape.py": {"landscape"}, "directions.py": {"landscape"}, "grid.py": {"landscape"},
-    "surface.py": {"landscape"},
+    "landscape.py": {"landscape"}, "directions.py": {"landscape", "metrics"}, "grid.py": {"landscape", "metrics"},
+    "surface.py": {"landscape", "metrics"},
+    "hessian.py": {"metrics"}, "flatness.py": {"metrics"}, "curvature.py": {"metrics"},
+    "basins.py": {"metrics_tables"}, "findings.py": {"metrics_tables"}, "metrics.py": {"metrics_tables"},
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
     # argument parsing, config checks, the cost planner (and its throughput measurement) and the benchmark
     # compute no result
     "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "throughput.py": set(),
     "bench.py": set(),
-    # curvature, flatness and basin measures: library modules that no rule runs yet
-    "hessian.py": set(), "basins.py": set(), "flatness.py": set(),
 }
+
+
 def rules_with_changed_params(workdir: Path) -> set[str]:
     """Rules of the outputs whose own params (code hash included) changed, from `--summary`:
     unlike a dry run's reasons, these are not hidden by an upstream job that reruns."""

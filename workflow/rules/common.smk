@@ -45,6 +45,7 @@ INTERPOLATIONS = {i["name"]: i for i in LANDSCAPE["interpolations"]}
 FIGURES = config["figures"]
 FORMATS = FIGURES["formats"]
 COMPARISONS = {c["name"]: c for c in FIGURES["compare"]}
+METRICS = config["metrics"]
 
 
 wildcard_constraints:
@@ -57,7 +58,7 @@ wildcard_constraints:
 # Library modules each stage imports; their hash goes into params so that editing the
 # code reruns exactly the stages that use it (Snakemake does not track imports). The
 # argument parsing in cli.py / __main__.py computes nothing, so it is left out.
-_COMMON = ["__init__.py", "stages.py", "checkpoints.py", "formats.py", "data.py", "devices.py"]
+_COMMON = ["__init__.py", "stages.py", "outputs.py", "checkpoints.py", "formats.py", "data.py", "devices.py"]
 _MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/classifier.py",
            "models/posembed.py", "masking.py"]
 STAGE_MODULES = {
@@ -67,6 +68,9 @@ STAGE_MODULES = {
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py",
                   "progress.py"],
     "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
+    "metrics": _COMMON + _MODELS + ["curvature.py", "hessian.py", "flatness.py", "objectives.py", "directions.py",
+                                    "surface.py", "grid.py", "progress.py"],
+    "metrics_tables": ["__init__.py", "outputs.py", "metrics.py", "basins.py", "findings.py"],
 }
 
 
@@ -146,6 +150,33 @@ def line_settings(w):
     return as_json(landscape_settings(w.model, w.objective, _SURFACE_KEYS + ["line"]))
 
 
+# The landscape keys that fix what a metric is measured on (evaluation set and masks), and
+# those that fix how its random perturbations are normalised.
+_EVAL_KEYS = ["mask_seed", "batch_size", "device"]
+_PERTURBATION_KEYS = ["normalization", "perturb_1d", "perturb_frozen"]
+
+
+def metric_settings(w, part, keys, with_hessian=False):
+    """A metric job's settings: the model, the landscape keys it depends on and its own
+    `metrics` subsection (the ratio map also runs Lanczos with the Hessian's seed and batch)."""
+    metrics = {part: METRICS[part]}
+    if with_hessian:
+        metrics["hessian"] = {k: METRICS["hessian"][k] for k in ("seed", "batch_size")}
+    return as_json({**landscape_settings(w.model, w.objective, keys), "metrics": metrics})
+
+
+def metric_files(part):
+    """The Hessian or flatness files of every surface, in the order of SURFACES; none when off."""
+    if not METRICS[part]["enabled"]:
+        return []
+    return [f"results/metrics/{name}/{objective}/{part}.json" for name, objective in SURFACES]
+
+
+def table_settings():
+    """What the metrics tables depend on beyond their input files."""
+    return as_json({k: METRICS[k] for k in ("relative_rises", "absolute_rises", "sharpness_rho", "claims")})
+
+
 def interpolation_settings(w):
     spec = INTERPOLATIONS[w.name]
     settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device"])
@@ -211,6 +242,11 @@ def figure_targets():
     files += expand("results/figures/interpolations/{name}_path.{fmt}", name=INTERPOLATIONS, fmt=FORMATS)
     files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=COMPARISONS, kind=["compare", "basins"],
                     fmt=FORMATS)
+    if METRICS["hessian"]["enabled"]:
+        files += expand("results/figures/metrics/hessian_spectrum.{fmt}", fmt=FORMATS)
+    if METRICS["ratio_map"]["enabled"]:
+        files += expand(f"results/figures/{{surface}}_ratio_map.{{fmt}}", surface=[f"{n}/{o}" for n, o in SURFACES],
+                        fmt=FORMATS)
     return files
 
 
@@ -219,7 +255,8 @@ def surface_targets():
 
 
 def all_targets():
-    return (["results/metrics/accuracy.csv"] + surface_targets()
+    return (["results/metrics/accuracy.csv", "results/metrics/summary.csv", "results/metrics/findings.csv"]
+            + surface_targets()
             + [f"results/lines/{name}/{objective}.nc" for name, objective in SURFACES]
             + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS]
             + figure_targets() + ["results/config.yaml"])

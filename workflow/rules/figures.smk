@@ -175,6 +175,66 @@ rule compare_figures:
         " --title {params.title:q} --prefix {params.prefix} > {log} 2>&1"
 
 
+rule spectrum_figure:
+    """The Hessian eigenvalue spectral density of every surface, one panel each."""
+    input:
+        metric_files("hessian"),
+    output:
+        report(
+            expand("results/figures/metrics/hessian_spectrum.{fmt}", fmt=FORMATS),
+            caption="../report/spectrum.rst",
+            category="Metrics",
+            labels={"figure": "Hessian spectral density"},
+        ),
+    params:
+        settings=figure_settings(),
+        labels=[f"{name}/{objective}" for name, objective in SURFACES],
+        prefix=figure_prefix,
+        code=code_hash("figures"),
+    log:
+        "results/logs/spectrum_figure.log",
+    benchmark:
+        "results/benchmarks/spectrum_figure.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "vitlandscape plot-spectrum --settings {params.settings:q} --hessian {input} --labels {params.labels}"
+        " --prefix {params.prefix} > {log} 2>&1"
+
+
+rule ratio_map_figure:
+    input:
+        "results/metrics/{model}/{objective}/ratio_map.nc",
+    output:
+        report(
+            expand("results/figures/{{model}}/{{objective}}_ratio_map.{fmt}", fmt=FORMATS),
+            caption="../report/ratio_map.rst",
+            category="Metrics",
+            labels={"model": "{model}", "objective": "{objective}", "figure": "|lambda_min / lambda_max|"},
+        ),
+    params:
+        settings=figure_settings(),
+        prefix=figure_prefix,
+        code=code_hash("figures"),
+    log:
+        "results/logs/ratio_map_figure/{model}/{objective}.log",
+    benchmark:
+        "results/benchmarks/ratio_map_figure/{model}/{objective}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "vitlandscape plot-ratio-map --settings {params.settings:q} --ratio-map {input} --prefix {params.prefix}"
+        " > {log} 2>&1"
+
+
 rule effective_config:
     """The config as run, defaults filled in (for the report and for the record)."""
     output:

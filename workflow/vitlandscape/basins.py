@@ -36,6 +36,13 @@ def connected(inside: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     return region
 
 
+def touches_edge(region: np.ndarray, margin: int = 0) -> bool:
+    """Whether the region reaches the grid's outermost rows/columns (`margin` rows in): its true
+    extent may then be larger than measured on this grid."""
+    inner = region[margin:region.shape[0] - margin, margin:region.shape[1] - margin]
+    return bool(inner[0].any() or inner[-1].any() or inner[:, 0].any() or inner[:, -1].any())
+
+
 def _cell_area(alpha, beta) -> float:
     return float(np.mean(np.diff(alpha)) * np.mean(np.diff(beta)))
 
@@ -66,7 +73,8 @@ def basin(loss: np.ndarray, alpha, beta, level: float) -> dict:
     """The region around the centre with loss <= level."""
     region = connected(np.isfinite(loss) & (loss <= level), centre_index(alpha, beta))
     return {"level": float(level), "area": float(region.sum() * _cell_area(alpha, beta)),
-            "mean_radius": mean_radius(region, alpha, beta), "points": int(region.sum())}
+            "mean_radius": mean_radius(region, alpha, beta), "points": int(region.sum()),
+            "touches_edge": touches_edge(region)}
 
 
 def relative_basins(loss, alpha, beta, rises) -> list[dict]:
@@ -92,7 +100,8 @@ def convex_region(loss: np.ndarray, alpha, beta) -> dict:
     inside[1:-1, 1:-1] = (faa > 0) & (faa * fbb - fab ** 2 > 0)
     region = connected(inside, centre_index(alpha, beta))
     return {"area": float(region.sum() * _cell_area(alpha, beta)),
-            "mean_radius": mean_radius(region, alpha, beta), "points": int(region.sum())}
+            "mean_radius": mean_radius(region, alpha, beta), "points": int(region.sum()),
+            "touches_edge": touches_edge(region, margin=1)}
 
 
 def bilinear(loss, alpha, beta, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -92,6 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", required=True)
     p.add_argument("--out", required=True)
 
+    for stage, what in (("hessian", "top eigenvalues, trace and spectral density of the Hessian at the trained "
+                                    "weights"),
+                        ("flatness", "loss rise under filter-normalised Gaussian perturbations")):
+        p = sub.add_parser(stage, help=what)
+        _common(p)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--out", required=True, help="JSON file")
+
+    p = sub.add_parser("ratio-map", help="|lambda_min / lambda_max| of the Hessian over a coarse grid")
+    _common(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--directions", required=True)
+    p.add_argument("--out", required=True, help="netCDF file")
+
+    p = sub.add_parser("metrics-tables", help="per-surface metrics files, summary.csv and findings.csv")
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces")
+    p.add_argument("--hessian", nargs="*", default=[], help="Hessian files, in the order of --surfaces")
+    p.add_argument("--flatness", nargs="*", default=[], help="flatness files, in the order of --surfaces")
+    p.add_argument("--out-dir", required=True)
+
     p = sub.add_parser("plot-surface", help="3-D, contour, slice (and accuracy) figures, HTML and VTS")
     _common(p, data=False)
     p.add_argument("--surface", required=True, help="Zarr surface")
@@ -114,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces")
     p.add_argument("--labels", nargs="+", required=True)
     p.add_argument("--title", default=None)
+    p.add_argument("--prefix", required=True)
+
+    p = sub.add_parser("plot-spectrum", help="Hessian spectral densities, one panel per surface")
+    _common(p, data=False)
+    p.add_argument("--hessian", nargs="+", required=True, help="Hessian JSON files")
+    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--prefix", required=True)
+
+    p = sub.add_parser("plot-ratio-map", help="map of |lambda_min / lambda_max| over the surface's plane")
+    _common(p, data=False)
+    p.add_argument("--ratio-map", required=True, help="netCDF file of the ratio-map stage")
     p.add_argument("--prefix", required=True)
 
     p = sub.add_parser("bench-grid", help="points/s of the tile engine vs plain forward passes")
@@ -159,6 +191,10 @@ def main(argv=None) -> None:
     if args.stage == "plan":  # counts from the config: torch is imported only to measure
         _plan(args)
         return
+    if args.stage == "metrics-tables":  # tables from files: no torch
+        from vitlandscape import metrics
+        metrics.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
+        return
     import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -166,7 +202,7 @@ def main(argv=None) -> None:
     if args.stage.startswith("plot-"):
         from vitlandscape import plots
     else:
-        from vitlandscape import landscape, stages
+        from vitlandscape import curvature, landscape, stages
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
@@ -187,6 +223,12 @@ def main(argv=None) -> None:
         landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "interpolate":
         landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
+    elif args.stage == "hessian":
+        curvature.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
+    elif args.stage == "flatness":
+        curvature.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
+    elif args.stage == "ratio-map":
+        curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "plot-surface":
         plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
     elif args.stage == "plot-accuracy":
@@ -195,6 +237,10 @@ def main(argv=None) -> None:
         plots.path_figure(args.settings, args.path, args.prefix)
     elif args.stage == "plot-compare":
         plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
+    elif args.stage == "plot-spectrum":
+        plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
+    elif args.stage == "plot-ratio-map":
+        plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
     elif args.stage == "bench-grid":
         _bench(args)
     elif args.stage == "write-config":

@@ -4,6 +4,7 @@ Each problem names the config key at fault, so a bad config fails before any job
 """
 from pathlib import Path
 
+from vitlandscape import findings
 from vitlandscape.models.arch import PRESETS
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
@@ -99,6 +100,17 @@ def _interpolation_problems(i: int, spec: dict, models: dict) -> list[str]:
     return out
 
 
+def _metrics_problems(config: dict, surfaces: set[str]) -> list[str]:
+    """Sharpness circles inside the surface grid; claims that name computed surfaces and
+    measured measures."""
+    metrics, ls = config["metrics"], config["landscape"]
+    reach = min(-ls["alpha"][0], ls["alpha"][1], -ls["beta"][0], ls["beta"][1])
+    out = [f"metrics.sharpness_rho: {rho:g} is beyond the surface grid (the circle around the trained weights "
+           f"must fit in landscape.alpha {ls['alpha'][:2]} and landscape.beta {ls['beta'][:2]})"
+           for rho in metrics["sharpness_rho"] if rho > reach]
+    return out + findings.claim_problems(metrics, surfaces)
+
+
 def problems(config: dict) -> list[str]:
     data = config["data"]
     out = []
@@ -117,4 +129,4 @@ def problems(config: dict) -> list[str]:
             if s not in surfaces:
                 out.append(f"figures.compare[{i}] ({panel['name']}): surface {s} is not computed "
                            f"(known: {', '.join(sorted(surfaces))})")
-    return out
+    return out + _metrics_problems(config, surfaces)

@@ -1,5 +1,6 @@
 """Static figures of loss surfaces: 3-D view, contours, 1-D slices, side-by-side
-comparisons and basin overlays (matplotlib, headless, no pyplot state).
+comparisons and basin overlays; and Hessian eigenvalue spectra (matplotlib, headless,
+no pyplot state).
 
 Every ``plot_*`` function builds its figure with the matching ``make_*_figure``
 and writes ``{prefix}_{kind}.{fmt}`` for each format in ``settings["formats"]``.
@@ -391,15 +392,19 @@ def make_slices_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
 METHOD_NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "supervised": "supervised ViT"}
 
 
+def _common_and_own(described: list[dict[str, str]], skip: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
+    """Labels shared by all ``described`` dicts, and each one's remaining labels not keyed in ``skip``."""
+    common = [k for k in described[0] if all(d[k] == described[0][k] for d in described)]
+    own = [[d[k] for k in d if k not in common and k not in skip] for d in described]
+    return [described[0][k] for k in common], own
+
+
 def _split_details(entries: list[tuple[str, xr.Dataset]]) -> tuple[list[str], list[list[str]]]:
     """Labels shared by all entries, and each entry's own remaining labels.
 
     A column is headed by its entry label and method, so model and loss names (already in
     the label) are not repeated there."""
-    described = [describe(ds) for _, ds in entries]
-    common = [k for k in described[0] if all(d[k] == described[0][k] for d in described)]
-    own = [[d[k] for k in d if k not in common and k not in ("model", "loss")] for d in described]
-    return [described[0][k] for k in common], own
+    return _common_and_own([describe(ds) for _, ds in entries], skip=("model", "loss"))
 
 
 def _column_title(label: str, ds: xr.Dataset) -> str:
@@ -475,6 +480,78 @@ def make_basin_figure(entries: list[tuple[str, xr.Dataset]], settings: dict | No
     return fig
 
 
+# --- Hessian spectrum ---------------------------------------------------------------
+
+SPECTRUM_PAD = 0.05  # eigenvalue axis padded by this fraction of the eigenvalue range on each side
+SPECTRUM_WIDTH = 0.01  # Gaussian width as a fraction of the eigenvalue axis
+DENSITY_FLOOR = 1e-6  # density drawn no lower than this fraction of its peak (log axis)
+SPECTRUM_COLUMNS = 3
+
+
+def smoothed_density(nodes, weights, grid, width: float) -> np.ndarray:
+    """Each weight spread on ``grid`` as a Gaussian of standard deviation ``width`` centred
+    on its node and integrating to the weight."""
+    offsets = (np.asarray(grid, float)[None, :] - np.asarray(nodes, float)[:, None]) / width
+    kernels = np.exp(-0.5 * offsets**2) / (width * np.sqrt(2 * np.pi))
+    return np.asarray(weights, float) @ kernels
+
+
+def _spectrum_details(hessian: dict) -> dict[str, str]:
+    density = hessian["density"]
+    return {"samples": f"{hessian['eval_samples']} eval samples",
+            "density": f"SLQ: {density['runs']} run{'s' * (density['runs'] != 1)} × {density['steps']} Lanczos steps"}
+
+
+def _draw_spectrum(ax, hessian: dict) -> tuple[float, list[Line2D]]:
+    """Smoothed density on a log axis over the nodes and marked eigenvalues, padded; the
+    extreme eigenvalues as vertical lines. Returns the Gaussian width and the lines."""
+    nodes, weights = hessian["density"]["nodes"], hessian["density"]["weights"]
+    top, low = hessian["top_eigenvalues"], hessian["min_eigenvalue"]
+    lo, hi = min(*nodes, low), max(*nodes, *top)
+    pad = SPECTRUM_PAD * (hi - lo or max(abs(hi), 1.0))
+    grid = np.linspace(lo - pad, hi + pad, 2001)
+    width = SPECTRUM_WIDTH * (grid[-1] - grid[0])
+    density = smoothed_density(nodes, weights, grid, width)
+    floor = DENSITY_FLOOR * density.max()
+    lines = ax.plot(grid, np.maximum(density, floor), color="C0", label="SLQ density, Gaussian-smoothed")
+    lines += [ax.axvline(x, color="C3", linestyle="--", linewidth=0.9, label="top eigenvalues (Lanczos)")
+              for x in top]
+    lines.append(ax.axvline(low, color="C2", linestyle=":", linewidth=1.2, label="λ_min (Lanczos)"))
+    ax.set_yscale("log")
+    ax.set_ylim(floor, 2 * density.max())
+    ax.set_xlim(grid[0], grid[-1])
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density")
+    return width, lines
+
+
+def make_spectrum_figure(entries: list[tuple[str, dict]], settings: dict | None = None) -> Figure:
+    """One panel per (label, hessian metrics) entry, up to three a row: the Hessian's
+    eigenvalue density with its extreme eigenvalues marked and summarised above."""
+    if not entries:
+        raise ValueError("spectrum figure needs at least one entry")
+    s = resolve_settings(settings)
+    cols = min(len(entries), SPECTRUM_COLUMNS)
+    rows = -(-len(entries) // cols)
+    fig = _new_figure((4.2 * cols + 0.4, 3.4 * rows + 1.2), s)
+    common, own = _common_and_own([_spectrum_details(h) for _, h in entries])
+    for k, (label, h) in enumerate(entries):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        width, lines = _draw_spectrum(ax, h)
+        method = METHOD_NAMES.get(h["method"], h["method"])
+        trace = h["trace"]
+        stats = [f"λ_max {h['top_eigenvalues'][0]:.3g}", f"λ_min {h['min_eigenvalue']:.3g}",
+                 f"|λ_min/λ_max| {h['ratio_min_max']:.3g}", f"tr H {trace['value']:.3g} ± {trace['stderr']:.2g}",
+                 f"Gaussian width {width:.2g} ({SPECTRUM_WIDTH:.0%} of axis)"]
+        heading = f"{label} ({method}): model {h['model']}, {h['objective']} loss"
+        ax.set_title(_wrap([heading, *own[k], *stats], 4.0, 8), fontsize=8)
+    handles = list({line.get_label(): line for line in lines}.values())  # one per kind of line
+    fig.legend(handles=handles, loc="outside lower center", ncols=cols, fontsize=8)
+    _suptitle(fig, "Hessian eigenvalue spectral density (stochastic Lanczos quadrature)", common)
+    return fig
+
+
 # --- output and checks --------------------------------------------------------------
 
 
@@ -518,6 +595,41 @@ def plot_comparison(entries: list[tuple[str, xr.Dataset]], prefix: Path | str,
 def plot_basin_overlay(entries: list[tuple[str, xr.Dataset]], prefix: Path | str,
                        settings: dict | None = None) -> list[Path]:
     return save_figure(make_basin_figure(entries, settings), prefix, "basins", settings)
+
+
+def plot_spectrum(entries: list[tuple[str, dict]], prefix: Path | str,
+                  settings: dict | None = None) -> list[Path]:
+    return save_figure(make_spectrum_figure(entries, settings), prefix, "spectrum", settings)
+
+
+# A coarse map gets its value written in every cell; a finer one only the colours.
+ANNOTATED_CELLS = 64
+
+
+def make_ratio_map_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
+    """|lambda_min / lambda_max| of the full Hessian at each point of a coarse grid in the
+    surface's plane, one cell per point, the trained weights starred."""
+    s = resolve_settings(settings)
+    ratio = ds["ratio"].values
+    fig = _new_figure((6.4, 5.2), s)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(ds["alpha"].values, ds["beta"].values, np.ma.masked_invalid(ratio.T), shading="nearest",
+                         cmap=s["cmap"], vmin=0.0, vmax=max(float(np.nanmax(ratio)), 1e-12))
+    if ratio.size <= ANNOTATED_CELLS:
+        for i, a in enumerate(ds["alpha"].values):
+            for j, b in enumerate(ds["beta"].values):
+                ax.text(a, b, f"{ratio[i, j]:.2g}", ha="center", va="center", fontsize=7, color="white")
+    _mark_centre(ax, ds)
+    _grid_axes(ax, ds)
+    fig.colorbar(mesh, ax=ax, shrink=0.7, label="|λ_min / λ_max|")
+    d = describe(ds)
+    _suptitle(fig, f"{d['model']}: {_attr(ds, 'method')} {_attr(ds, 'objective')} loss, |λ_min / λ_max| of the "
+              "Hessian", [d["grid"], d["samples"], d["directions"]])
+    return fig
+
+
+def plot_ratio_map(ds: xr.Dataset, prefix: Path | str, settings: dict | None = None) -> list[Path]:
+    return save_figure(make_ratio_map_figure(ds, settings), prefix, "ratio_map", settings)
 
 
 def _drawn_texts(artist, owner: Axes | None = None,

@@ -9,7 +9,8 @@ kernels have no second derivative.
 - `lanczos`: the extreme eigenvalues (top-k, and the most negative) with residuals
   ||H v - lambda v|| measured by one more product each;
 - `hutchinson_trace`: trace by Rademacher probes, with its standard error;
-- `spectral_density`: stochastic Lanczos quadrature (nodes and weights; a smoothed density).
+- `spectral_density`: stochastic Lanczos quadrature (nodes and weights; figures.smoothed_density
+  draws them).
 """
 import math
 import time
@@ -60,8 +61,9 @@ def _tridiagonal(alphas, betas) -> np.ndarray:
     return t
 
 
-def _lanczos_basis(op: HessianOperator, start: torch.Tensor, steps: int):
-    """Lanczos with full re-orthogonalisation from `start`: (alphas, betas, basis)."""
+def _lanczos_basis(op: HessianOperator, start: torch.Tensor, steps: int, converged=None):
+    """Lanczos with full re-orthogonalisation from `start`: (alphas, betas, basis).
+    `converged(alphas, betas, beta)`, if given, may stop it early after any step."""
     q = start / start.norm()
     basis, alphas, betas = [q], [], []
     for j in range(steps):
@@ -75,18 +77,41 @@ def _lanczos_basis(op: HessianOperator, start: torch.Tensor, steps: int):
         beta = w.norm().item()
         if j == steps - 1 or beta < 1e-10 * max(1.0, abs(alpha)):
             break
+        if converged is not None and converged(alphas, betas, beta):
+            break
         betas.append(beta)
         basis.append(w / beta)
     return np.array(alphas), np.array(betas[:len(alphas) - 1]), basis
 
 
-def lanczos(op: HessianOperator, k: int, steps: int, seed: int) -> dict:
-    """The k largest eigenvalues (descending) and the smallest, each with its residual."""
+def _extremes(count: int, k: int) -> list[int]:
+    """Indices (ascending eigenvalue order) of the k largest Ritz values, then the smallest."""
+    return list(range(count - 1, max(-1, count - 1 - k), -1)) + [0]
+
+
+def ritz_converged(k: int, tolerance: float):
+    """Stop test for `_lanczos_basis`: every one of the top-k and the smallest Ritz pairs has
+    the residual estimate beta * |last component of its eigenvector| (exact in exact
+    arithmetic: ||H v - theta v|| for the Ritz vector v) at most tolerance * |theta_max|."""
+    def converged(alphas, betas, beta):
+        if len(alphas) <= k:
+            return False
+        values, vectors = np.linalg.eigh(_tridiagonal(alphas, betas))
+        estimates = beta * np.abs(vectors[-1, _extremes(len(values), k)])
+        return bool(estimates.max() <= tolerance * np.abs(values).max())
+    return converged
+
+
+def lanczos(op: HessianOperator, k: int, steps: int, seed: int, tolerance: float | None = None) -> dict:
+    """The k largest eigenvalues (descending) and the smallest, each with its residual
+    ||H v - lambda v|| measured by one more product. At most `steps` Lanczos steps; with a
+    `tolerance`, fewer once the estimated residuals are below tolerance * |lambda_max|."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     v0 = torch.randn(op.size, generator=g, dtype=torch.float64).to(op.device)
     products0 = op.products
-    alphas, betas, basis = _lanczos_basis(op, v0, min(steps, op.size))
+    stop = ritz_converged(k, tolerance) if tolerance else None
+    alphas, betas, basis = _lanczos_basis(op, v0, min(steps, op.size), stop)
     values, vectors = np.linalg.eigh(_tridiagonal(alphas, betas))
     stacked = torch.stack(basis[:len(alphas)], dim=1)
 
@@ -95,8 +120,7 @@ def lanczos(op: HessianOperator, k: int, steps: int, seed: int) -> dict:
         v = v / v.norm()
         return values[i], (op.matvec(v) - values[i] * v).norm().item()
 
-    top = [ritz(i) for i in range(len(values) - 1, max(-1, len(values) - 1 - k), -1)]
-    low = ritz(0)
+    *top, low = [ritz(i) for i in _extremes(len(values), k)]
     return {"top_eigenvalues": [float(x) for x, _ in top], "top_residuals": [r for _, r in top],
             "min_eigenvalue": float(low[0]), "min_residual": low[1],
             "ratio_min_max": abs(low[0] / top[0][0]) if top[0][0] else float("nan"),
@@ -136,10 +160,3 @@ def spectral_density(op: HessianOperator, runs: int, steps: int, seed: int) -> d
         weights.append(vectors[0] ** 2 / runs)
     return {"nodes": np.concatenate(nodes).tolist(), "weights": np.concatenate(weights).tolist(),
             "runs": runs, "products": op.products - products0, "seconds": time.perf_counter() - start}
-
-
-def smoothed_density(nodes, weights, grid: np.ndarray, width: float) -> np.ndarray:
-    """The quadrature's weights spread as Gaussians of standard deviation `width` on `grid`."""
-    nodes, weights = np.asarray(nodes)[:, None], np.asarray(weights)[:, None]
-    kernels = np.exp(-0.5 * ((grid[None, :] - nodes) / width) ** 2) / (width * math.sqrt(2 * math.pi))
-    return (weights * kernels).sum(axis=0)

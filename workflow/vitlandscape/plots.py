@@ -1,4 +1,8 @@
-"""Figure stages: read surfaces from Zarr, draw them (figures.py) and export them (interactive.py)."""
+"""Figure stages: read surfaces from Zarr, draw them (figures.py) and export them (interactive.py);
+draw Hessian spectra from their metrics JSON."""
+import json
+from pathlib import Path
+
 import xarray as xr
 
 from vitlandscape import figures, interactive
@@ -48,6 +52,27 @@ def comparison_figures(settings: dict, surface_paths, labels, prefix, title=None
     for label, ds in entries:
         print(f"{label}: basin area fraction (loss <= centre + {delta}) = "
               f"{figures.basin_area_fraction(ds, delta):.3f}")
+    for path in written:
+        print(path)
+    return written
+
+
+def spectrum_figure(settings: dict, hessian_files, labels, prefix) -> list:
+    """Hessian eigenvalue densities, one panel per `hessian.json` of the metrics stage."""
+    if len(labels) != len(hessian_files):
+        raise ValueError(f"{len(hessian_files)} Hessian files but {len(labels)} labels")
+    entries = [(label, json.loads(Path(path).read_text())) for label, path in zip(labels, hessian_files)]
+    written = figures.plot_spectrum(entries, prefix, settings)
+    for path in written:
+        print(path)
+    return written
+
+
+def ratio_map_figure(settings: dict, ratio_map_file, prefix) -> list:
+    """Map of |lambda_min / lambda_max| (netCDF of the ratio-map stage)."""
+    with xr.open_dataset(ratio_map_file, engine="scipy") as ds:
+        ds.load()
+    written = figures.plot_ratio_map(ds, prefix, settings)
     for path in written:
         print(path)
     return written

@@ -8,14 +8,7 @@ import torch
 from vitlandscape import checkpoints, data, devices, formats, objectives, train
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
-
-
-def write_json(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+from vitlandscape.outputs import write_json
 
 
 # Batch size of accuracy and feature passes (no gradients).
