@@ -83,6 +83,15 @@ def spectra():
             ("flat/pretext", hessian(np.ones(4)))]
 
 
+def ratio_map() -> xr.Dataset:
+    """|lambda_min / lambda_max| on a 5 x 5 grid, 0 at the centre, as the ratio-map stage writes it."""
+    a, b = np.meshgrid(ALPHA[::2], BETA[::2], indexing="ij")
+    ratio = 0.8 * (a ** 2 + b ** 2)
+    return xr.Dataset({"ratio": (("alpha", "beta"), ratio), "lambda_max": (("alpha", "beta"), 10 + 0 * ratio),
+                       "lambda_min": (("alpha", "beta"), -10 * ratio)},
+                      coords={"alpha": ALPHA[::2], "beta": BETA[::2]}, attrs=ATTRS)
+
+
 FIGURES = {
     "3d": (figures.make_surface_figure, figures.plot_surface, surface),
     "contour": (figures.make_contour_figure, figures.plot_contour, surface),
@@ -92,6 +101,7 @@ FIGURES = {
     "basins": (figures.make_basin_figure, figures.plot_basin_overlay, two_entries),
     "path": (figures.make_path_figure, figures.plot_path, line),
     "spectrum": (figures.make_spectrum_figure, figures.plot_spectrum, spectra),
+    "ratio_map": (figures.make_ratio_map_figure, figures.plot_ratio_map, ratio_map),
 }
 
 
@@ -387,3 +397,17 @@ def test_spectrum_figure_reads_hessian_files(tmp_path, capsys):
     assert "sup/supervised" in paths[1].read_text()
     with pytest.raises(ValueError, match="2 Hessian files but 1 labels"):
         plots.spectrum_figure(settings, files, ["mae/pretext"], tmp_path / "bad")
+
+
+def test_ratio_map_cells_show_the_values_at_their_points():
+    """One cell per grid point (alpha along x), coloured and labelled by its ratio."""
+    ds = ratio_map()
+    fig = figures.make_ratio_map_figure(ds, FAST)
+    ax = fig.axes[0]
+    mesh = ax.collections[0]
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(ds.beta.size, ds.alpha.size),
+                               ds.ratio.values.T)
+    labels = {(t.get_position(), t.get_text()) for t in ax.texts}
+    i, j = 4, 1
+    assert ((ds.alpha.values[i], ds.beta.values[j]), f"{ds.ratio.values[i, j]:.2g}") in labels
+    assert len(ax.texts) == ds.ratio.size

@@ -53,7 +53,8 @@ def test_summary_row_columns_and_values():
     row = findings.summary_row(metrics())
     assert list(row) == [
         "model", "method", "objective", "parameters", "eval_samples", "centre_loss",
-        "lambda_1", "lambda_2", "lambda_3", "lambda_max", "lambda_min", "ratio_min_max", "max_residual",
+        "lambda_1", "lambda_2", "lambda_3", "lambda_max", "lambda_min", "lambda_min_residual", "ratio_min_max",
+        "max_residual",
         "trace", "trace_stderr", "hvp_products", "hvp_seconds",
         "flatness_s0.05", "flatness_s0.05_stderr", "flatness_rel_s0.05", "flatness_rel_s0.05_stderr",
         "flatness_s0.1", "flatness_s0.1_stderr", "flatness_rel_s0.1", "flatness_rel_s0.1_stderr",
@@ -67,6 +68,7 @@ def test_summary_row_columns_and_values():
     # eigenvalues in descending order, whatever order the file lists them in
     assert [row["lambda_1"], row["lambda_2"], row["lambda_3"], row["lambda_max"]] == [5.1, 3.2, 2.0, 5.1]
     assert row["lambda_min"] == -0.3 and row["ratio_min_max"] == 0.3 / 5.1
+    assert row["lambda_min_residual"] == 3e-6
     assert row["max_residual"] == 4e-6
     assert row["trace"] == 40.0 and row["trace_stderr"] == 2.0
     assert row["hvp_products"] == 24 + 10 + 40
@@ -301,3 +303,18 @@ def test_claim_problems_say_when_a_computation_is_off():
     assert [p.split(";")[0] for p in problems] == [
         "metrics.claims[0] (c0).measures: trace is not measured (hessian.enabled is false)",
         "metrics.claims[0] (c0).measures: flatness_rel_s0.1 is not measured (flatness.enabled is false)"]
+
+
+@pytest.mark.parametrize("residual_a, residual_b, verdict", [
+    (1e-4, 1e-4, "holds"),
+    (0.2, 1e-4, "undecided"),   # the wider side's lambda_min = -0.1 could be a bulk eigenvalue
+    (1e-4, 0.5, "undecided"),
+])
+def test_ratio_needs_a_resolved_lambda_min(tmp_path, residual_a, residual_b, verdict):
+    wider = {"ratio_min_max": 0.01, "lambda_min": -0.1, "lambda_min_residual": residual_a}
+    than = {"ratio_min_max": 0.05, "lambda_min": -0.5, "lambda_min_residual": residual_b}
+    row = finding(tmp_path, "ratio_min_max", wider, than)
+    assert row["verdict"] == verdict
+    if verdict == "undecided":
+        side = "wider" if residual_a > 1e-3 else "than"
+        assert row["reason"].startswith(f"lambda_min of the {side}-surface is not resolved"), row["reason"]

@@ -37,14 +37,14 @@ def micro(tmp_path_factory):
     return root, settings
 
 
-def reference_hessian(root, settings):
+def reference_hessian(root, settings, checkpoint=None):
     """(loss, dense Hessian) of the float64 reference pretext loss over the trainable weights,
     on the eval images (the prepared split at the eval index, in that order) and the contract's
     masks: row i of torch.rand(N, L) under manual_seed(mask_seed)."""
     prepared = torch.load(root / "data.pt", weights_only=False)
     images = prepared["train_images"][prepared["eval_index"]].double()
     noise = torch.rand(len(images), 4, generator=torch.Generator().manual_seed(settings["landscape"]["mask_seed"]))
-    state = reference.f64(torch.load(root / "mae.pth", weights_only=False)["model"])
+    state = reference.f64(torch.load(checkpoint or root / "mae.pth", weights_only=False)["model"])
     names = [k for k in state if k not in FIXED]
     flat = torch.cat([state[k].reshape(-1) for k in names])
 
@@ -116,3 +116,28 @@ def test_tables_from_surfaces(tmp_path):
     assert found.loc["convex_area", "verdict"] == "undecided"
     with pytest.raises(ValueError, match="2 surfaces but 1 hessian files"):
         metrics.tables(METRICS, paths, [tmp_path / "x.json"], [], tmp_path / "metrics")
+
+
+def test_ratio_map_measures_the_hessian_at_the_moved_weights(micro, tmp_path):
+    """At theta + 0.5 dx the map's lambda_max, lambda_min and ratio are those of the dense
+    reference Hessian of the weights moved there by hand."""
+    from vitlandscape import directions, landscape
+    root, settings = micro
+    ls = {**settings["landscape"], "direction_seed": 0, "normalization": "filter", "perturb_1d": False,
+          "perturb_frozen": False, "orthogonal": False}
+    moved_settings = {**settings, "landscape": ls, "metrics": {
+        "hessian": HESSIAN, "ratio_map": {"alpha": [0.5, 0.5, 1], "beta": [0.0, 0.0, 1], "lanczos_steps": 80,
+                                          "tolerance": None}}}
+    landscape.make_directions(moved_settings, root / "mae.pth", tmp_path / "dirs.safetensors")
+    found = curvature.ratio_map(moved_settings, root / "data.pt", root / "mae.pth", tmp_path / "dirs.safetensors",
+                                tmp_path / "map.nc")
+    dirs, _ = directions.load(tmp_path / "dirs.safetensors")
+    state = torch.load(root / "mae.pth", weights_only=False)["model"]
+    torch.save({"model": reference.moved(state, dirs, 0.5, 0.0), "args": argparse.Namespace(norm_pix_loss=False)},
+               tmp_path / "moved.pth")
+    _, dense = reference_hessian(root, settings, checkpoint=tmp_path / "moved.pth")
+    exact = np.linalg.eigvalsh(dense)
+    assert found.lambda_max.item() == pytest.approx(exact[-1], rel=1e-3)
+    assert found.lambda_min.item() == pytest.approx(exact[0], rel=1e-3, abs=1e-3 * exact[-1])
+    assert found.ratio.item() == pytest.approx(abs(exact[0] / exact[-1]), rel=1e-2, abs=1e-4)
+    assert found.attrs["normalization"] == "filter"

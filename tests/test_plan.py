@@ -61,6 +61,25 @@ def test_plan_of_a_config(default_config):
     assert result["total_gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in result["surfaces"]))
 
 
+def test_metrics_cost_counted_by_hand(default_config):
+    """Hessian: 30 Lanczos steps + 3 + 1 residual products + 6 probes + 1 x 16 density steps = 56
+    products at 11 forwards each; flatness: 1 + 5 samples x 3 sigmas = 16 evaluations; a 3 x 3
+    ratio map of 20-step Lanczos runs adds 9 x 22 products."""
+    config = validated(default_config)
+    config["metrics"]["ratio_map"].update(enabled=True, alpha=[-1, 1, 3], beta=[-1, 1, 3], lanczos_steps=20)
+    result = plan.plan(config, tflops=100.0, num_classes=10)
+    by_name = {m["name"]: m for m in result["metrics"]}
+    sup = by_name["sup/supervised"]
+    assert (sup["hessian_products"], sup["flatness_evaluations"], sup["ratio_map_products"]) == (56, 16, 198)
+    per_image = plan.flops_per_image(config["models"]["sup"], "supervised", 10)
+    assert sup["total_flops"] == per_image * 256 * (11 * (56 + 198) + 16)
+    assert sup["gpu_hours"] == pytest.approx(sup["total_flops"] / 100e12 / 3600)
+    assert result["total_metrics_gpu_hours"] == pytest.approx(sum(m["gpu_hours"] for m in result["metrics"]))
+    config["metrics"]["hessian"]["enabled"] = config["metrics"]["flatness"]["enabled"] = False
+    config["metrics"]["ratio_map"]["enabled"] = False
+    assert all(m["total_flops"] == 0 for m in plan.plan(config, 100.0, 10)["metrics"])
+
+
 # Tiny ViT (TINY_ARCH: 16 px, patch 4 -> 16 patches of 4*4*3 = 48 values; width 32, 2 blocks; decoder
 # 16 wide, 1 block) with 7 classes, counted by hand in multiply-adds. A block on T tokens of width w:
 # T * (3 w^2 qkv + w^2 projection + 8 w^2 MLP) + 2 T^2 w attention.

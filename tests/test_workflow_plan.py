@@ -57,3 +57,24 @@ def test_given_probe_finetune_and_supervised_checkpoints_skip_training(tmp_path,
         ("mae", "finetune"), ("mae", "probe"), ("sup", "supervised")]
     assert ("directions", {"model": "mae", "objective": "probe"}) in jobs
     assert ("directions", {"model": "sup", "objective": "supervised"}) in jobs
+
+
+def test_metric_jobs_follow_the_metrics_switches(tmp_path, default_config):
+    """Hessian and flatness jobs per surface by default; the ratio map only when enabled;
+    without Hessian there is no spectrum figure (and no Hessian measure may be claimed)."""
+    surfaces = [("mae", "pretext"), ("mae", "probe"), ("rcmae", "pretext"), ("rcmae", "probe"), ("sup", "supervised")]
+
+    def per_surface(jobs, rule):
+        return sorted((w["model"], w["objective"]) for r, w in jobs if r == rule)
+
+    jobs = plan(tmp_path, default_config)
+    assert per_surface(jobs, "hessian") == per_surface(jobs, "flatness") == sorted(surfaces)
+    assert per_surface(jobs, "ratio_map") == [] and ("spectrum_figure", {}) in jobs
+    config = copy.deepcopy(default_config)
+    config["metrics"]["ratio_map"] = {"enabled": True, "alpha": [-0.5, 0.5, 3], "beta": [-0.5, 0.5, 3]}
+    config["metrics"]["hessian"]["enabled"] = False
+    config["metrics"]["claims"] = [c for c in config["metrics"]["claims"] if c["name"] == "mae_basin_wider_than_supervised"]
+    jobs = plan(tmp_path, config)
+    assert per_surface(jobs, "ratio_map") == per_surface(jobs, "ratio_map_figure") == sorted(surfaces)
+    assert per_surface(jobs, "hessian") == [] and "spectrum_figure" not in {r for r, _ in jobs}
+    assert per_surface(jobs, "flatness") == sorted(surfaces) and ("metrics_tables", {}) in jobs

@@ -104,7 +104,7 @@ def ratio_map(settings: dict, data_path, checkpoint, directions_path, out) -> xr
         perturbation.restore()
     attrs = {**_identity(settings, checkpoint, objective), "directions_sha256": checkpoints.sha256(directions_path),
              **{k: meta.get(k, "?") for k in ("normalization", "perturb_1d", "perturb_frozen")},
-             "lanczos_steps": cfg["lanczos_steps"], "tolerance": cfg["tolerance"], "products": op.products}
+             "lanczos_steps": cfg["lanczos_steps"], "tolerance": str(cfg["tolerance"]), "products": op.products}
     ds = xr.Dataset({k: (("alpha", "beta"), v) for k, v in fields.items()},
                     coords={"alpha": alphas, "beta": betas}, attrs=attrs)
     surface.write_netcdf(ds, out)

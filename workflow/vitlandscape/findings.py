@@ -33,7 +33,8 @@ def _numbers(values) -> str:
 def _hessian_columns(h: dict) -> dict:
     top = sorted(h["top_eigenvalues"], reverse=True)
     row = {f"lambda_{i}": v for i, v in enumerate(top, 1)}
-    row.update(lambda_max=top[0], lambda_min=h["min_eigenvalue"], ratio_min_max=h["ratio_min_max"],
+    row.update(lambda_max=top[0], lambda_min=h["min_eigenvalue"], lambda_min_residual=h["min_residual"],
+               ratio_min_max=h["ratio_min_max"],
                max_residual=max(h["top_residuals"] + [h["min_residual"]]),
                trace=h["trace"]["value"], trace_stderr=h["trace"]["stderr"])
     runs = [h[k] for k in ("lanczos", "trace", "density")]
@@ -117,6 +118,13 @@ def _verdict(measure: str, s: int, wider: pd.Series, than: pd.Series) -> tuple[s
         for column in needed:
             if pd.isna(row.get(column, math.nan)):
                 return "undecided", f"{column} of the {side}-surface is missing"
+    if measure == "ratio_min_max":
+        # Lanczos' smallest Ritz value only bounds lambda_min from above; with a residual as large
+        # as the value itself it may be a bulk eigenvalue near 0, not the most negative one
+        for side, row in (("wider", wider), ("than", than)):
+            if row["lambda_min_residual"] >= abs(row["lambda_min"]):
+                return "undecided", (f"lambda_min of the {side}-surface is not resolved (Lanczos residual "
+                                     f"{row['lambda_min_residual']:.2g} >= |lambda_min|)")
     difference = s * (wider[measure] - than[measure])  # > 0: the claimed-wider surface is wider
     if stderr in wider.index and abs(difference) < 2 * math.hypot(wider[stderr], than[stderr]):
         return "undecided", "difference within 2 standard errors"

@@ -19,6 +19,10 @@ MLP_RATIO = 4
 # ViT-L/16 on an NVIDIA H200 reached 40-44 TFLOP/s (workflow/scripts/gpu_paper_scale.py,
 # 2026-11-28). A GPU without fp32 at that rate is slower; measure yours with --measure.
 DEFAULT_TFLOPS = 40.0
+# A Hessian-vector product (double backward, math attention) took 9.6 (supervised) and 10.9
+# (pretext) forward passes' time for ViT-B/16 on an H200, fp32 (workflow/scripts/gpu_hessian_check.py
+# against the fp32 forward rate above, 2026-11-28); on 2 CPU cores about 17.
+HVP_FORWARDS = 11
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k's training split, assumed for imagefolder
 
@@ -131,6 +135,37 @@ def surfaces(config: dict, num_classes: int, rate) -> list[dict]:
     return out
 
 
+def hessian_products(metrics: dict) -> int:
+    """Most Hessian-vector products of one surface's `hessian` job (fewer when Lanczos meets
+    its tolerance): the Lanczos steps, one residual product per reported eigenvalue, the trace
+    probes and the density's runs."""
+    h = metrics["hessian"]
+    if not h["enabled"]:
+        return 0
+    return h["lanczos_steps"] + h["top_k"] + 1 + h["trace_probes"] + h["density_runs"] * h["density_steps"]
+
+
+def metrics_cost(config: dict, num_classes: int, rate) -> list[dict]:
+    """Cost of every surface's metric jobs: Hessian-vector products (at most) at HVP_FORWARDS
+    forward passes each, flatness evaluations, and the ratio map when enabled."""
+    metrics, images = config["metrics"], config["data"]["eval_samples"]
+    flat = metrics["flatness"]
+    evaluations = 1 + flat["samples"] * len(flat["sigmas"]) if flat["enabled"] else 0
+    ratio = metrics["ratio_map"]
+    ratio_products = (int(ratio["alpha"][2]) * int(ratio["beta"][2]) * (ratio["lanczos_steps"] + 2)
+                      if ratio["enabled"] else 0)
+    products = hessian_products(metrics)
+    out = []
+    for name, m in config["models"].items():
+        for objective in configcheck.objectives(m):
+            flops = flops_per_image(m, objective, num_classes) * images
+            total = flops * (HVP_FORWARDS * (products + ratio_products) + evaluations)
+            out.append({"name": f"{name}/{objective}", "hessian_products": products, "flatness_evaluations":
+                        evaluations, "ratio_map_products": ratio_products, "total_flops": total,
+                        "gpu_hours": hours(total, rate(name, objective))})
+    return out
+
+
 def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     """Cost of every training stage on `images` training images per epoch."""
     out = []
@@ -160,7 +195,8 @@ def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, 
 
     result = {"tflops": None if measured else tflops, "num_classes": num_classes,
               "surfaces": surfaces(config, num_classes, rate),
-              "training": training(config, num_classes, train_images, rate)}
+              "training": training(config, num_classes, train_images, rate),
+              "metrics": metrics_cost(config, num_classes, rate)}
     if measured:
         result.update(device=measured["device"], precision=measured["precision"])
         for entry in result["surfaces"]:
@@ -169,6 +205,7 @@ def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, 
             entry["measured_tflops"] = rate(name, objective)
     result["total_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["surfaces"])
     result["total_training_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["training"])
+    result["total_metrics_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["metrics"])
     return result
 
 
@@ -190,4 +227,10 @@ def table(result: dict) -> str:
     # a training step's backward is assumed to run at its forward's rate
     rate = "the forward rates measured" if measured else rate
     lines.append(f"total {result['total_training_gpu_hours']:.3g} GPU-hours of training at {rate}")
+    lines += ["", f"{'metrics':24s} {'HVPs':>6s} {'flatness':>9s} {'ratio map':>10s} {'FLOP':>10s} {'GPU-hours':>10s}"]
+    for m in result["metrics"]:
+        lines.append(f"{m['name']:24s} {m['hessian_products']:6d} {m['flatness_evaluations']:9d} "
+                     f"{m['ratio_map_products']:10d} {m['total_flops']:10.3g} {m['gpu_hours']:10.3g}")
+    lines.append(f"total {result['total_metrics_gpu_hours']:.3g} GPU-hours of metrics at {rate} (a Hessian-vector "
+                 f"product counted as {HVP_FORWARDS} forward passes)")
     return "\n".join(lines)
