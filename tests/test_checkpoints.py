@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import checkpoints, objectives, stages
+from vitlandscape import checkpoints, objectives, outputs, stages
 from vitlandscape.checkpoints import CheckpointError
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
@@ -171,7 +171,7 @@ def test_sha256_of_a_file(tmp_path):
     path = tmp_path / "blob"
     payload = bytes(range(256)) * 5000  # more than one read block
     path.write_bytes(payload)
-    assert checkpoints.sha256(path) == hashlib.sha256(payload).hexdigest()
+    assert outputs.sha256(path) == hashlib.sha256(payload).hexdigest()
 
 
 def test_atomic_save_writes_beside_the_target_in_new_folders(tmp_path, monkeypatch):

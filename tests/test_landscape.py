@@ -7,7 +7,8 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import checkpoints, data, directions, grid, landscape, stages
+from vitlandscape import data, directions, grid, landscape, stages, tiles
+from vitlandscape.outputs import sha256
 from vitlandscape.models.arch import build_mae
 from conftest import model_settings
 import reference
@@ -50,12 +51,12 @@ def compute_surface(root, s, name):
     dirs = root / f"{name}.safetensors"
     landscape.make_directions(s, ckpt, dirs)
     ls = s["landscape"]
-    tiles = []
+    tile_files = []
     for tile in grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]):
-        tiles.append(root / name / f"{tile}.nc")
-        landscape.surface_tile(s, root / "data.pt", ckpt, dirs, tile, tiles[-1])
-    landscape.assemble(s, tiles, ckpt, dirs, root / f"{name}.zarr")
-    return xr.open_zarr(root / f"{name}.zarr"), dirs, tiles
+        tile_files.append(root / name / f"{tile}.nc")
+        landscape.surface_tile(s, root / "data.pt", ckpt, dirs, tile, tile_files[-1])
+    tiles.assemble(s, tile_files, ckpt, dirs, root / f"{name}.zarr")
+    return xr.open_zarr(root / f"{name}.zarr"), dirs, tile_files
 
 
 def eval_set(root):
@@ -93,9 +94,9 @@ def test_tiling_invariance(setup):
     """Surfaces from any tiling equal the whole grid computed point by point in float64."""
     root, cfg = setup
     whole, dirs, _ = compute_surface(root, settings(cfg, "pretext", tile=[5, 7]), "whole")
-    single, _, tiles = compute_surface(root, settings(cfg, "pretext", tile=[1, 1]), "single")
+    single, _, tile_files = compute_surface(root, settings(cfg, "pretext", tile=[1, 1]), "single")
     partial, _, _ = compute_surface(root, settings(cfg, "pretext", tile=[3, 4]), "partial")
-    assert len(tiles) == 35
+    assert len(tile_files) == 35
     expected, _ = reference_grid(root, cfg, "pretext", dirs, grid.axis(ALPHA), grid.axis(BETA))
     for surf in (whole, single, partial):
         np.testing.assert_allclose(surf.loss.values, expected, rtol=2e-5, atol=0)
@@ -158,19 +159,19 @@ def test_probe_surface_matches_the_reference(setup):
 def test_assembly_refuses_mixed_provenance(setup):
     root, cfg = setup
     s = settings(cfg, "pretext", tile=[3, 4])
-    surf, dirs, tiles = compute_surface(root, s, "mixed")
+    surf, dirs, tile_files = compute_surface(root, s, "mixed")
     other = settings(cfg, "pretext", tile=[3, 4], direction_seed=9)
     other_dirs = root / "other.safetensors"
     landscape.make_directions(other, root / "mae.pth", other_dirs)
-    landscape.surface_tile(other, root / "data.pt", root / "mae.pth", other_dirs, "a1_b0", tiles[2])
+    landscape.surface_tile(other, root / "data.pt", root / "mae.pth", other_dirs, "a1_b0", tile_files[2])
     with pytest.raises(ValueError, match=r"tile .*a1_b0.nc was computed with directions_sha256"):
-        landscape.assemble(s, tiles, root / "mae.pth", dirs, root / "mixed2.zarr")
+        tiles.assemble(s, tile_files, root / "mae.pth", dirs, root / "mixed2.zarr")
     assert not (root / "mixed2.zarr").exists()
     with pytest.raises(ValueError, match="tiles missing .*a1_b1"):
-        landscape.assemble(s, tiles[:3], root / "mae.pth", dirs, root / "mixed3.zarr")
+        tiles.assemble(s, tile_files[:3], root / "mae.pth", dirs, root / "mixed3.zarr")
     regrid = settings(cfg, "pretext", tile=[3, 4], alpha=[-2.0, 2.0, 5])
     with pytest.raises(ValueError, match="was computed with grid="):
-        landscape.assemble(regrid, tiles, root / "mae.pth", dirs, root / "mixed4.zarr")
+        tiles.assemble(regrid, tile_files, root / "mae.pth", dirs, root / "mixed4.zarr")
 
 
 def test_directions_for_another_checkpoint_are_refused(setup):
@@ -216,7 +217,7 @@ def test_line_and_interpolation(setup):
                                          "start_sha256", "end_sha256", "eval_samples")} == {
         "name": "a_to_b", "objective": "pretext", "start_model": "m", "end_model": "b",
         "start": str(root / "mae.pth"), "end": str(root / "other.pth"),
-        "start_sha256": checkpoints.sha256(root / "mae.pth"), "end_sha256": checkpoints.sha256(root / "other.pth"),
+        "start_sha256": sha256(root / "mae.pth"), "end_sha256": sha256(root / "other.pth"),
         "eval_samples": 24}
     assert saved.attrs["versions"].startswith("vitlandscape ")
     for t, ckpt in ((0.0, "mae.pth"), (1.0, "other.pth")):
@@ -240,10 +241,10 @@ def test_assembly_checks_tiles_against_this_surfaces_inputs(setup, key):
     """Tiles that agree with each other but not with this checkpoint, directions, grid or config."""
     root, cfg = setup
     s = settings(cfg, "pretext", tile=[3, 4])
-    _, dirs, tiles = compute_surface(root, s, f"stale_{key}")
-    _rewrite_attr(tiles, key, "stale")
+    _, dirs, tile_files = compute_surface(root, s, f"stale_{key}")
+    _rewrite_attr(tile_files, key, "stale")
     with pytest.raises(ValueError, match=f"was computed with {key}='stale'"):
-        landscape.assemble(s, tiles, root / "mae.pth", dirs, root / f"stale_{key}2.zarr")
+        tiles.assemble(s, tile_files, root / "mae.pth", dirs, root / f"stale_{key}2.zarr")
     assert not (root / f"stale_{key}2.zarr").exists()
 
 
@@ -261,13 +262,13 @@ def test_config_hash_changes_with_every_result_setting(setup, section, key, valu
     base = settings(cfg, "pretext")
     changed = settings(cfg, "pretext")
     (changed["landscape"] if section else changed)[key] = value
-    assert landscape.config_hash(changed) != landscape.config_hash(base)
+    assert tiles.config_hash(changed) != tiles.config_hash(base)
 
 
 def test_config_hash_ignores_how_a_surface_is_computed(setup):
     _, cfg = setup
-    base = landscape.config_hash(settings(cfg, "pretext"))
-    assert landscape.config_hash(settings(cfg, "pretext", batch_size=1, device="cuda")) == base
+    base = tiles.config_hash(settings(cfg, "pretext"))
+    assert tiles.config_hash(settings(cfg, "pretext", batch_size=1, device="cuda")) == base
 
 
 def test_probe_line_has_accuracy(setup, capsys):
@@ -324,7 +325,7 @@ def test_direction_file_records_its_settings_and_log_line(setup, capsys):
     s = settings(cfg, "pretext", orthogonal=True, normalization="layer", direction_seed=7)
     landscape.make_directions(s, root / "mae.pth", root / "orth.safetensors")
     dirs, meta = directions.load(root / "orth.safetensors")
-    assert meta == {"model": "m", "objective": "pretext", "checkpoint_sha256": checkpoints.sha256(root / "mae.pth"),
+    assert meta == {"model": "m", "objective": "pretext", "checkpoint_sha256": sha256(root / "mae.pth"),
                     "seed": "7", "normalization": "layer", "perturb_1d": "False", "perturb_frozen": "False",
                     "orthogonal": "True"}
     x = torch.cat([dirs["x"][n].flatten() for n in sorted(dirs["x"])]).double()
@@ -339,17 +340,17 @@ def test_config_hash_does_not_depend_on_key_order(setup):
     s = settings(cfg, "pretext")
     reordered = {k: s[k] for k in reversed(list(s))}
     reordered["landscape"] = {k: s["landscape"][k] for k in reversed(list(s["landscape"]))}
-    digest = landscape.config_hash(s)
-    assert landscape.config_hash(reordered) == digest
+    digest = tiles.config_hash(s)
+    assert tiles.config_hash(reordered) == digest
     assert len(digest) == 16 and set(digest) <= set("0123456789abcdef")
 
 
-def test_tile_files_name_their_tile_and_log_their_range(setup, capsys):
+def test_tiles_name_their_tile_and_log_their_range(setup, capsys):
     root, cfg = setup
     s = settings(cfg, "pretext", tile=[3, 4])
-    _, _, tiles = compute_surface(root, s, "named_tiles")
+    _, _, tile_files = compute_surface(root, s, "named_tiles")
     log = capsys.readouterr().out
-    for path in tiles:
+    for path in tile_files:
         with xr.open_dataset(path, engine="scipy") as ds:
             assert ds.attrs["tile_name"] == path.stem
             size, low, high = ds.loss.size, float(ds.loss.min()), float(ds.loss.max())

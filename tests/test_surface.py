@@ -7,7 +7,8 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import grid, surface
+from vitlandscape import grid, surface, tiles
+from vitlandscape.outputs import write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 5], [0.0, 3.0, 4], [2, 3]
 
@@ -105,16 +106,16 @@ def write_tiles(folder, loss, acc, change=None):
         for j in range(2):
             rows, cols = slice(2 * i, min(2 * i + 2, 5)), slice(3 * j, min(3 * j + 3, 4))
             attrs = {**ATTRS, **((change or {}).get(f"a{i}_b{j}", {}))}
-            ds = surface.tile_dataset(loss[rows, cols], acc[rows, cols], alphas[rows], betas[cols], attrs)
+            ds = tiles.tile_dataset(loss[rows, cols], acc[rows, cols], alphas[rows], betas[cols], attrs)
             files.append(folder / f"a{i}_b{j}.nc")
-            surface.write_netcdf(ds, files[-1])
+            write_netcdf(ds, files[-1])
     return files
 
 
 def test_assembly_puts_every_tile_in_its_slot(tmp_path):
     loss, acc = whole_grid()
     files = write_tiles(tmp_path, loss, acc)
-    surface.assemble(files[::-1], ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    tiles.join(files[::-1], ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     ds = xr.open_zarr(tmp_path / "s.zarr")
     np.testing.assert_array_equal(ds.loss.values, loss)  # NaN == NaN and inf == inf here
     np.testing.assert_array_equal(ds.accuracy.values, acc)
@@ -129,7 +130,7 @@ def test_assembly_refuses_a_tile_that_differs_from_the_others(tmp_path, key):
     loss, acc = whole_grid()
     files = write_tiles(tmp_path, loss, acc, change={"a1_b1": {key: "other"}})
     with pytest.raises(ValueError, match=f"a1_b1.nc differs from the other tiles in {key}"):
-        surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+        tiles.join(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -138,7 +139,7 @@ def test_assembly_refuses_tiles_of_other_provenance(tmp_path, key):
     loss, acc = whole_grid()
     files = write_tiles(tmp_path, loss, acc)
     with pytest.raises(ValueError, match=f"was computed with {key}="):
-        surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", {**EXPECTED, key: "something else"})
+        tiles.join(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", {**EXPECTED, key: "something else"})
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -150,21 +151,21 @@ def test_assembly_refuses_a_tile_in_the_wrong_slot(tmp_path):
     (swapped / "a0_b0.nc").write_bytes((tmp_path / "a1_b0.nc").read_bytes())
     others = [swapped / "a0_b0.nc"] + [f for f in files if f.stem != "a0_b0"]
     with pytest.raises(ValueError, match="a0_b0.nc has coordinates that do not match its slot"):
-        surface.assemble(others, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
-    shifted = surface.tile_dataset(loss[:2, 3:], acc[:2, 3:], np.linspace(-1, 1, 5)[:2], np.array([2.5]), ATTRS)
-    surface.write_netcdf(shifted, swapped / "a0_b1.nc")
+        tiles.join(others, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    shifted = tiles.tile_dataset(loss[:2, 3:], acc[:2, 3:], np.linspace(-1, 1, 5)[:2], np.array([2.5]), ATTRS)
+    write_netcdf(shifted, swapped / "a0_b1.nc")
     others = [swapped / "a0_b1.nc"] + [f for f in files if f.stem != "a0_b1"]
     with pytest.raises(ValueError, match="a0_b1.nc has coordinates that do not match"):
-        surface.assemble(others, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+        tiles.join(others, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     assert not (tmp_path / "s.zarr").exists()
 
 
 def test_assembly_names_missing_tiles_and_keeps_the_old_store(tmp_path):
     loss, acc = whole_grid()
     files = write_tiles(tmp_path, loss, acc)
-    surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    tiles.join(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     with pytest.raises(ValueError, match="tiles missing for .*s.zarr: a0_b1, a2_b0"):
-        surface.assemble([f for f in files if f.stem not in ("a0_b1", "a2_b0")], ALPHA, BETA, TILE,
+        tiles.join([f for f in files if f.stem not in ("a0_b1", "a2_b0")], ALPHA, BETA, TILE,
                          tmp_path / "s.zarr", EXPECTED)
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "s.zarr").loss.values, loss)
 
@@ -172,14 +173,14 @@ def test_assembly_names_missing_tiles_and_keeps_the_old_store(tmp_path):
 def test_pretext_tiles_have_no_accuracy_variable(tmp_path):
     loss, _ = whole_grid()
     files = write_tiles(tmp_path, loss, np.full_like(loss, np.nan))
-    ds = surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    ds = tiles.join(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     assert list(ds.data_vars) == ["loss"]
     assert set(xr.open_zarr(tmp_path / "s.zarr").data_vars) == {"loss"}
 
 
 def test_surface_variables_and_axes_describe_themselves(tmp_path):
     loss, acc = whole_grid()
-    ds = surface.assemble(write_tiles(tmp_path, loss, acc), ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    ds = tiles.join(write_tiles(tmp_path, loss, acc), ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     saved = xr.open_zarr(tmp_path / "s.zarr")
     for got in (ds, saved):
         assert got.alpha.attrs == {"long_name": "step along direction x", "units": "1 (direction scale)"}
@@ -196,8 +197,8 @@ def test_result_files_are_written_whole_into_new_folders(tmp_path):
     out = tmp_path / "surfaces" / "s.zarr"
     out.parent.mkdir()
     (out.parent / ".s.zarr.tmp").mkdir()  # left over from a killed job
-    surface.assemble(files, ALPHA, BETA, TILE, out, EXPECTED)
-    surface.assemble(files, ALPHA, BETA, TILE, out, EXPECTED)  # replacing an existing store
+    tiles.join(files, ALPHA, BETA, TILE, out, EXPECTED)
+    tiles.join(files, ALPHA, BETA, TILE, out, EXPECTED)  # replacing an existing store
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
     np.testing.assert_array_equal(xr.open_zarr(out).loss.values, loss)
 
@@ -208,5 +209,5 @@ def test_storage_formats(tmp_path):
     loss, acc = whole_grid()
     files = write_tiles(tmp_path, loss, acc)
     assert all(f.read_bytes()[:3] == b"CDF" for f in files)
-    surface.assemble(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
+    tiles.join(files, ALPHA, BETA, TILE, tmp_path / "s.zarr", EXPECTED)
     assert (tmp_path / "s.zarr/.zmetadata").is_file() and (tmp_path / "s.zarr/loss/.zarray").is_file()

@@ -257,7 +257,7 @@ MODULE_STAGES = {
     "objectives.py": MODEL_STAGES, "progress.py": MODEL_STAGES | {"prepare_data"}, "train.py": {"train"},
     "rcmae.py": {"train"}, "imagefolder.py": {"prepare_data", "train"},
     "landscape.py": {"landscape"}, "directions.py": {"landscape", "metrics"}, "grid.py": {"landscape", "metrics"},
-    "surface.py": {"landscape", "metrics"},
+    "surface.py": {"landscape", "metrics"}, "tiles.py": {"landscape"},
     "hessian.py": {"metrics"}, "flatness.py": {"metrics"}, "curvature.py": {"metrics"},
     "basins.py": {"metrics_tables"}, "findings.py": {"metrics_tables"}, "metrics.py": {"metrics_tables"},
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},

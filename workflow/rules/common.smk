@@ -66,7 +66,7 @@ STAGE_MODULES = {
     "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py", "progress.py", "imagefolder.py"],
     "table": _COMMON,
     "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py",
-                  "progress.py"],
+                  "tiles.py", "progress.py"],
     "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
     "metrics": _COMMON + _MODELS + ["curvature.py", "hessian.py", "flatness.py", "objectives.py", "directions.py",
                                     "surface.py", "grid.py", "progress.py"],

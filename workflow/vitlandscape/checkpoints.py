@@ -6,7 +6,6 @@ Released checkpoints (official MAE, RC-MAE, DeiT, timm) are recognised in `forma
 Everything loads with `weights_only=True`; only argparse.Namespace is allow-listed.
 """
 import argparse
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,16 +13,9 @@ from pathlib import Path
 import torch
 
 
+
 class CheckpointError(ValueError):
     pass
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_save(obj, path) -> None:

@@ -188,21 +188,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    # Stages that only read and write files import neither torch nor timm (2 to 4 s a job).
     if args.stage == "plan":  # counts from the config: torch is imported only to measure
         _plan(args)
-        return
-    if args.stage == "metrics-tables":  # tables from files: no torch
+    elif args.stage == "metrics-tables":
         from vitlandscape import metrics
         metrics.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
-        return
+    elif args.stage == "assemble":
+        from vitlandscape import tiles
+        tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
+    elif args.stage == "write-config":
+        _write_config(args.settings, args.out)
+    elif args.stage.startswith("plot-"):
+        _plot(args)
+    else:
+        _compute(args)
+
+
+def _plot(args) -> None:
+    from vitlandscape import plots
+    if args.stage == "plot-surface":
+        plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
+    elif args.stage == "plot-accuracy":
+        plots.accuracy_figure(args.settings, args.surface, args.prefix)
+    elif args.stage == "plot-path":
+        plots.path_figure(args.settings, args.path, args.prefix)
+    elif args.stage == "plot-compare":
+        plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
+    elif args.stage == "plot-spectrum":
+        plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
+    elif args.stage == "plot-ratio-map":
+        plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
+
+
+def _compute(args) -> None:
+    """The stages that run models (and the accuracy table, which reads torch checkpoints)."""
     import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    # Only what the stage needs: a compute job does not import the plotting stack.
-    if args.stage.startswith("plot-"):
-        from vitlandscape import plots
-    else:
-        from vitlandscape import curvature, landscape, stages
+    from vitlandscape import curvature, landscape, stages
     if args.stage == "prepare-data":
         stages.prepare_data(args.settings, args.out)
     elif args.stage == "pretrain":
@@ -217,8 +241,6 @@ def main(argv=None) -> None:
         landscape.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":
         landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
-    elif args.stage == "assemble":
-        landscape.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
     elif args.stage == "line":
         landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "interpolate":
@@ -229,22 +251,8 @@ def main(argv=None) -> None:
         curvature.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
     elif args.stage == "ratio-map":
         curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
-    elif args.stage == "plot-surface":
-        plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
-    elif args.stage == "plot-accuracy":
-        plots.accuracy_figure(args.settings, args.surface, args.prefix)
-    elif args.stage == "plot-path":
-        plots.path_figure(args.settings, args.path, args.prefix)
-    elif args.stage == "plot-compare":
-        plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
-    elif args.stage == "plot-spectrum":
-        plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
-    elif args.stage == "plot-ratio-map":
-        plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
     elif args.stage == "bench-grid":
         _bench(args)
-    elif args.stage == "write-config":
-        _write_config(args.settings, args.out)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)

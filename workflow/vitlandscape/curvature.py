@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vitlandscape import checkpoints, data, devices, directions, flatness, grid, hessian, objectives, surface
-from vitlandscape.outputs import write_json
+from vitlandscape import data, devices, directions, flatness, grid, hessian, objectives, surface
+from vitlandscape.outputs import sha256, write_json, write_netcdf
 
 
 def _objective(settings: dict, data_path, checkpoint, batch_size: int | None = None) -> objectives.Objective:
@@ -25,7 +25,7 @@ def _objective(settings: dict, data_path, checkpoint, batch_size: int | None = N
 
 def _identity(settings: dict, checkpoint, objective: objectives.Objective) -> dict:
     return {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
-            "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
+            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
             "checkpoint_format": objective.info["checkpoint_format"],
             "eval_samples": objective.info["eval_samples"]}
 
@@ -102,11 +102,11 @@ def ratio_map(settings: dict, data_path, checkpoint, directions_path, out) -> xr
                       f"lambda_min {found['min_eigenvalue']:.4g}, ratio {found['ratio_min_max']:.4f}")
     finally:
         perturbation.restore()
-    attrs = {**_identity(settings, checkpoint, objective), "directions_sha256": checkpoints.sha256(directions_path),
+    attrs = {**_identity(settings, checkpoint, objective), "directions_sha256": sha256(directions_path),
              **{k: meta.get(k, "?") for k in ("normalization", "perturb_1d", "perturb_frozen")},
              "lanczos_steps": cfg["lanczos_steps"], "tolerance": str(cfg["tolerance"]), "products": op.products}
     ds = xr.Dataset({k: (("alpha", "beta"), v) for k, v in fields.items()},
                     coords={"alpha": alphas, "beta": betas}, attrs=attrs)
-    surface.write_netcdf(ds, out)
+    write_netcdf(ds, out)
     print(f"{out}: {ds.ratio.shape} grid, {op.products} Hessian-vector products")
     return ds

@@ -14,17 +14,8 @@ import torch
 import xarray as xr
 
 import vitlandscape
-from vitlandscape import checkpoints, data, devices, directions, grid, objectives, surface
-
-# Settings that change how a surface is computed, not what it is.
-_RUNTIME_KEYS = ("batch_size", "device")
-
-
-def config_hash(settings: dict) -> str:
-    landscape = {k: v for k, v in settings["landscape"].items() if k not in _RUNTIME_KEYS}
-    content = json.dumps({**settings, "landscape": landscape}, sort_keys=True)
-    return hashlib.sha256(content.encode()).hexdigest()[:16]
-
+from vitlandscape import data, devices, directions, grid, objectives, surface, tiles
+from vitlandscape.outputs import sha256, write_netcdf
 
 def versions() -> str:
     return f"vitlandscape {vitlandscape.__version__}, torch {torch.__version__}, timm {timm.__version__}"
@@ -37,7 +28,7 @@ def make_directions(settings: dict, checkpoint, out) -> dict:
     dirs = directions.make(model, ls["direction_seed"], ls["normalization"], ls["perturb_1d"],
                            ls["perturb_frozen"], ls["orthogonal"])
     metadata = {"model": settings["name"], "objective": settings["objective"],
-                "checkpoint_sha256": checkpoints.sha256(checkpoint), "seed": ls["direction_seed"],
+                "checkpoint_sha256": sha256(checkpoint), "seed": ls["direction_seed"],
                 "normalization": ls["normalization"], "perturb_1d": ls["perturb_1d"],
                 "perturb_frozen": ls["perturb_frozen"], "orthogonal": ls["orthogonal"]}
     directions.save(dirs, out, metadata)
@@ -54,7 +45,7 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     objective = objectives.build(settings["objective"], checkpoint, settings, prepared, ls["batch_size"],
                                  ls["mask_seed"], device)
     dirs, meta = directions.load(directions_path)
-    ckpt_sha = checkpoints.sha256(checkpoint)
+    ckpt_sha = sha256(checkpoint)
     if meta.get("checkpoint_sha256") not in (None, ckpt_sha):
         raise ValueError(f"directions {directions_path} were made for checkpoint sha256 "
                          f"{meta['checkpoint_sha256']}, but {checkpoint} has {ckpt_sha}")
@@ -63,12 +54,12 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     attrs = {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
              "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
              "checkpoint_format": objective.info["checkpoint_format"],
-             "directions_sha256": checkpoints.sha256(directions_path),
+             "directions_sha256": sha256(directions_path),
              "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
              "eval_samples": objective.info["eval_samples"],
              "mask_seed": ls["mask_seed"] if pretext else "n/a",
              "mask_ratio": settings["mask_ratio"] if pretext else "n/a",
-             "config_hash": config_hash(settings), "versions": versions(),
+             "config_hash": tiles.config_hash(settings), "versions": versions(),
              "normalization": ls["normalization"], "perturb_1d": int(ls["perturb_1d"]),
              "perturb_frozen": int(ls["perturb_frozen"]), "orthogonal": int(ls["orthogonal"]),
              "direction_seed": ls["direction_seed"], "perturbed_tensors": len(dirs["x"])}
@@ -95,22 +86,9 @@ def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: s
     alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
     loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
     _fail_once_for_tests(f"{settings['name']}.{settings['objective']}.{tile}")
-    ds = surface.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
-    surface.write_netcdf(ds, out)
+    ds = tiles.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
+    write_netcdf(ds, out)
     print(f"tile {tile}: {loss.size} points, loss {np.nanmin(loss):.4f} .. {np.nanmax(loss):.4f} -> {out}")
-    return ds
-
-
-def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr.Dataset:
-    ls = settings["landscape"]
-    expected = {"checkpoint_sha256": checkpoints.sha256(checkpoint),
-                "directions_sha256": checkpoints.sha256(directions_path),
-                "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
-                "config_hash": config_hash(settings)}
-    ds = surface.assemble(tile_files, ls["alpha"], ls["beta"], ls["tile"], out, expected)
-    centre = ds.loss.sel(alpha=0, beta=0, method="nearest").item()
-    print(f"{out}: {ds.loss.shape} grid, centre loss {centre:.4f}, "
-          f"range {np.nanmin(ds.loss.values):.4f} .. {np.nanmax(ds.loss.values):.4f}")
     return ds
 
 
@@ -164,7 +142,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
                                            desc="interpolation")
     attrs = {"name": settings["interpolation"], "objective": settings["objective"],
              "start_model": settings["name"], "end_model": settings["end_model"], "start": str(start),
-             "end": str(end), "start_sha256": checkpoints.sha256(start), "end_sha256": checkpoints.sha256(end),
+             "end": str(end), "start_sha256": sha256(start), "end_sha256": sha256(end),
              "eval_samples": objective.info["eval_samples"], "versions": versions()}
     return _write_path(losses, accs, ts, "t", attrs, out)
 
@@ -174,6 +152,6 @@ def _write_path(losses, accs, coords, dim: str, attrs: dict, out) -> xr.Dataset:
     if not np.all(np.isnan(accs)):
         data_vars["accuracy"] = ((dim,), accs)
     ds = xr.Dataset(data_vars, coords={dim: coords}, attrs=attrs)
-    surface.write_netcdf(ds, out)
+    write_netcdf(ds, out)
     print(f"{out}: {len(coords)} points, loss {np.nanmin(losses):.4f} .. {np.nanmax(losses):.4f}")
     return ds

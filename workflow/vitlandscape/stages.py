@@ -8,7 +8,7 @@ import torch
 from vitlandscape import checkpoints, data, devices, formats, objectives, train
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
-from vitlandscape.outputs import write_json
+from vitlandscape.outputs import sha256, write_json
 
 
 # Batch size of accuracy and feature passes (no gradients).
@@ -105,7 +105,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     top1, images = train_top1(model, prepared, device)
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage, "test_top1": test_top1(model),
                "train_top1": top1, "train_top1_images": images,
-               "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
+               "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
                "checkpoint_format": pretrained.format}
     if stage == "probe":
         # The same probe on a randomly initialised encoder: what pretraining adds.
@@ -135,7 +135,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
                "test_top1": train.accuracy(model.to(device),
                                            data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
-               "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoints.sha256(checkpoint),
+               "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
                "checkpoint_format": ckpt.format}
     write_json(metrics, metrics_out)
     print(json.dumps(metrics, indent=2))
