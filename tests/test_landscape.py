@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
 def settings(cfg, objective, **landscape_overrides):
     ls = {"alpha": ALPHA, "beta": BETA, "tile": [5, 7], "direction_seed": 0, "mask_seed": 3,
           "normalization": "filter", "perturb_1d": False, "perturb_frozen": False, "orthogonal": False,
-          "batch_size": 8, "device": "cpu", "line": [-1.0, 1.0, 5], **landscape_overrides}
+          "batch_size": 8, "device": "cpu", "precision": "fp32", "line": [-1.0, 1.0, 5], **landscape_overrides}
     return {**cfg, "objective": objective, "landscape": ls}
 
 
@@ -355,3 +355,20 @@ def test_tiles_name_their_tile_and_log_their_range(setup, capsys):
             assert ds.attrs["tile_name"] == path.stem
             size, low, high = ds.loss.size, float(ds.loss.min()), float(ds.loss.max())
         assert f"tile {path.stem}: {size} points, loss {low:.4f} .. {high:.4f} -> {path}" in log
+
+
+@pytest.mark.parametrize("objective", ["pretext", "probe"])
+def test_bf16_surface_against_fp32(setup, objective, capsys):
+    """bf16 autocast moves the surface by well under 1 % of the loss here (the numbers printed
+    are those README's precision section quotes) but does move it; tf32 on a CPU is fp32."""
+    root, cfg = setup
+    fp32, _, _ = compute_surface(root, settings(cfg, objective), f"fp32_{objective}")
+    tf32, _, _ = compute_surface(root, settings(cfg, objective, precision="tf32"), f"tf32_{objective}")
+    bf16, _, _ = compute_surface(root, settings(cfg, objective, precision="bf16"), f"bf16_{objective}")
+    np.testing.assert_array_equal(tf32.loss.values, fp32.loss.values)
+    relative = np.abs(bf16.loss.values - fp32.loss.values) / np.abs(fp32.loss.values)
+    with capsys.disabled():
+        print(f"\nbf16 vs fp32 {objective} surface: max relative difference {relative.max():.2e}, "
+              f"mean {relative.mean():.2e}")
+    assert 0 < relative.mean() and relative.max() < 0.01
+    assert bf16.attrs["precision"] == "bf16" and fp32.attrs["precision"] == "fp32"

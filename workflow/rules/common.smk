@@ -128,7 +128,7 @@ def objective_checkpoint(wildcards):
 
 
 _DIRECTION_KEYS = ["direction_seed", "normalization", "perturb_1d", "perturb_frozen", "orthogonal"]
-_SURFACE_KEYS = _DIRECTION_KEYS + ["alpha", "beta", "tile", "mask_seed", "batch_size", "device"]
+_SURFACE_KEYS = _DIRECTION_KEYS + ["alpha", "beta", "tile", "mask_seed", "batch_size", "device", "precision"]
 
 
 def landscape_settings(name, objective, keys):
@@ -179,7 +179,7 @@ def table_settings():
 
 def interpolation_settings(w):
     spec = INTERPOLATIONS[w.name]
-    settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device"])
+    settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device", "precision"])
     return as_json({**settings, "interpolation": w.name, "end_model": spec["end"], "range": spec["range"]})
 
 

@@ -1,5 +1,9 @@
-"""Device choice shared by training and landscape stages."""
+"""Device and arithmetic precision shared by training and landscape stages."""
+import contextlib
+
 import torch
+
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def resolve(name: str) -> torch.device:
@@ -11,3 +15,22 @@ def resolve(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def precision(name: str, device: torch.device):
+    """Forward passes inside run in `name`: fp32; tf32 (float32 matmuls and convolutions
+    on TF32 tensor cores, CUDA only: on a CPU it is fp32); bf16 (autocast, CUDA and CPU).
+    Callers keep their sums in float64 either way."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
+    if name == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = name == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -43,7 +43,7 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     device = devices.resolve(ls["device"])
     prepared = data.load_prepared(data_path)
     objective = objectives.build(settings["objective"], checkpoint, settings, prepared, ls["batch_size"],
-                                 ls["mask_seed"], device)
+                                 ls["mask_seed"], device, ls["precision"])
     dirs, meta = directions.load(directions_path)
     ckpt_sha = sha256(checkpoint)
     if meta.get("checkpoint_sha256") not in (None, ckpt_sha):
@@ -62,7 +62,8 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
              "config_hash": tiles.config_hash(settings), "versions": versions(),
              "normalization": ls["normalization"], "perturb_1d": int(ls["perturb_1d"]),
              "perturb_frozen": int(ls["perturb_frozen"]), "orthogonal": int(ls["orthogonal"]),
-             "direction_seed": ls["direction_seed"], "perturbed_tensors": len(dirs["x"])}
+             "direction_seed": ls["direction_seed"], "perturbed_tensors": len(dirs["x"]),
+             "precision": ls["precision"]}
     return objective, perturbation, attrs
 
 
@@ -132,7 +133,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     device = devices.resolve(ls["device"])
     prepared = data.load_prepared(data_path)
     objective = objectives.build(settings["objective"], start, settings, prepared, ls["batch_size"],
-                                 ls["mask_seed"], device)
+                                 ls["mask_seed"], device, ls["precision"])
     end_model = objectives.load_model(settings["objective"], end, settings)  # same arch: strict keys
     theta0 = dict(objective.model.named_parameters())
     delta = {name: p.detach().cpu() - theta0[name].detach().cpu() for name, p in end_model.named_parameters()}
@@ -143,7 +144,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     attrs = {"name": settings["interpolation"], "objective": settings["objective"],
              "start_model": settings["name"], "end_model": settings["end_model"], "start": str(start),
              "end": str(end), "start_sha256": sha256(start), "end_sha256": sha256(end),
-             "eval_samples": objective.info["eval_samples"], "versions": versions()}
+             "eval_samples": objective.info["eval_samples"], "precision": ls["precision"], "versions": versions()}
     return _write_path(losses, accs, ts, "t", attrs, out)
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import checkpoints, data, formats
+from vitlandscape import checkpoints, data, devices, formats
 from vitlandscape.masking import eval_noise, random_masking
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
@@ -31,6 +31,7 @@ class Objective:
     # Turns a batch as stored into model input: uint8 images of a streamed data set are
     # normalised batch by batch, so the device holds the subset at 1 byte per pixel.
     inputs: Callable = field(default=lambda images: images, repr=False)
+    precision: str = "fp32"  # of the forward passes of evaluate() (devices.precision)
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, float]:
@@ -38,9 +39,11 @@ class Objective:
         # Sums stay on the device (float64 tensors from the first batch on): one
         # synchronisation per grid point, not one per batch.
         total = count = correct = 0.0
-        for batch in self.batches:
-            loss_sum, n, right = self.batch_sums(batch)
-            total, count, correct = total + loss_sum, count + n, correct + right
+        device = next(self.model.parameters()).device
+        with devices.precision(self.precision, device):
+            for batch in self.batches:
+                loss_sum, n, right = self.batch_sums(batch)
+                total, count, correct = total + loss_sum, count + n, correct + right
         if self.name == "pretext":
             return (total / count).item(), float("nan")
         count = self.info["eval_samples"]
@@ -113,13 +116,14 @@ def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
 
 
 def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_size: int,
-          mask_seed: int, device: torch.device) -> Objective:
-    """Model and evaluation batches, all on `device`, for one objective."""
+          mask_seed: int, device: torch.device, precision: str = "fp32") -> Objective:
+    """Model and evaluation batches, all on `device`, for one objective evaluated in `precision`."""
     model, ckpt = load(objective, checkpoint, model_cfg)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     images, labels = data.eval_set(prepared, device, normalised=False)
     built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"])
     built.info["checkpoint_format"] = ckpt.format
+    built.precision = precision
     return built
 
 
