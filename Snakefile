@@ -21,6 +21,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/bench.smk"
 
 
 # On a cluster (snakemake --profile slurm) these small rules run on the submitting host,

@@ -71,6 +71,7 @@ STAGE_MODULES = {
     "metrics": _COMMON + _MODELS + ["curvature.py", "hessian.py", "flatness.py", "objectives.py", "directions.py",
                                     "surface.py", "grid.py", "progress.py"],
     "metrics_tables": ["__init__.py", "outputs.py", "metrics.py", "basins.py", "findings.py"],
+    "bench": _COMMON + _MODELS + ["bench.py", "objectives.py", "directions.py", "surface.py", "progress.py"],
 }
 
 

@@ -1,3 +1,5 @@
 from vitlandscape.cli import main
 
-main()
+# guarded: the bench's worker processes (forkserver) import this module again
+if __name__ == "__main__":
+    main()

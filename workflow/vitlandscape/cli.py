@@ -155,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
 
+    p = sub.add_parser("bench", help="one grid computed by the engine, loss-landscapes and a Li et al. loop, "
+                                      "against plain forward passes: rates, memory, speed-ups (JSON and table)")
+    p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
+    p.add_argument("--data", default=None, help="prepared data (default: results/data/<dataset>.pt)")
+    p.add_argument("--surfaces", nargs="+", default=None, metavar="MODEL/OBJECTIVE",
+                   help="default: the first pretext and the first supervised (else classification) surface")
+    p.add_argument("--grid", type=int, default=11, help="points per side of the square grid over the config's "
+                   "landscape.alpha x landscape.beta ranges (default 11: 121 points)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of every method; each method's time is its "
+                   "fastest round (default 1)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default="results/bench/bench.json")
+
     p = sub.add_parser("plan", help="FLOPs and GPU-hours of every surface and training stage, from the config")
     p.add_argument("--configfile", default="config/config.yaml", help="a config file (defaults are filled in)")
     rate = p.add_mutually_exclusive_group()
@@ -253,6 +267,8 @@ def _compute(args) -> None:
         curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "bench-grid":
         _bench(args)
+    elif args.stage == "bench":
+        _bench_compare(args)
     elif args.stage == "accuracy-table":
         supervised = dict(item.split("=", 1) for item in args.supervised)
         stages.accuracy_table(args.metrics, supervised, args.out)
@@ -290,6 +306,29 @@ def _write_config(config: dict, out) -> None:
     print(f"wrote {out}")
 
 
+def checkpoint_of(name: str, m: dict, objective: str) -> str:
+    """The trained weights a surface is measured on, as the workflow finds them."""
+    if objective in ("pretext", "supervised"):
+        return m["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
+    return m[objective].get("checkpoint") or f"results/checkpoints/{name}/{objective}.pt"
+
+
+def surfaces_of(models: dict) -> list[str]:
+    """Every surface of the config's models, as MODEL/OBJECTIVE."""
+    from vitlandscape import configcheck
+    return [f"{name}/{objective}" for name, m in models.items() for objective in configcheck.objectives(m)]
+
+
+def bench_surfaces(models: dict) -> list[str]:
+    """The bench's default surfaces: the first pretext loss and the first supervised ViT's
+    loss, else the first other classification loss (mae/pretext and sup/supervised in the
+    embedded default)."""
+    surfaces = surfaces_of(models)
+    pretext = [s for s in surfaces if s.endswith("/pretext")]
+    labelled = sorted((s for s in surfaces if not s.endswith("/pretext")), key=lambda s: not s.endswith("/supervised"))
+    return pretext[:1] + labelled[:1]
+
+
 def _bench(args) -> None:
     """Benchmark every surface of a finished run, on its trained checkpoints."""
     import yaml
@@ -297,12 +336,28 @@ def _bench(args) -> None:
     from vitlandscape import bench, configcheck
     config = yaml.safe_load(Path(args.config).read_text())
     data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
-    cases = []
-    for name, m in config["models"].items():
-        for objective in configcheck.objectives(m):
-            if objective in ("pretext", "supervised"):
-                ckpt = m["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
-            else:
-                ckpt = f"results/checkpoints/{name}/{objective}.pt"
-            cases.append(({**m, "name": name, "objective": objective}, ckpt))
+    cases = [({**m, "name": name, "objective": objective}, checkpoint_of(name, m, objective))
+             for name, m in config["models"].items() for objective in configcheck.objectives(m)]
     bench.run(cases, data_path, args.points, config["landscape"]["batch_size"], args.device)
+
+
+def _bench_compare(args) -> None:
+    """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
+    import yaml
+
+    from vitlandscape import bench, outputs
+    config = yaml.safe_load(Path(args.config).read_text())
+    models = config["models"]
+    known = surfaces_of(models)
+    data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
+    cases = []
+    for surface in args.surfaces or bench_surfaces(models):
+        if surface not in known:
+            raise SystemExit(f"bench: {args.config} has no surface {surface}; it has {', '.join(known)}")
+        name, objective = surface.split("/")
+        cases.append({"surface": surface, "model": models[name], "objective": objective, "data": data_path,
+                      "checkpoint": checkpoint_of(name, models[name], objective), "landscape": config["landscape"]})
+    result = bench.compare(cases, args.grid, args.threads, args.device, args.repeats)
+    outputs.write_json(result, args.out)
+    print(bench.table(result))
+    print(f"wrote {args.out}")
