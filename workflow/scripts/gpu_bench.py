@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vitlandscape import devices, directions, objectives, plan, surface
-from vitlandscape.models.arch import build_mae
+from vitlandscape.models.arch import build_mae, resolve_arch
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' data sheets, by a substring of the name.
 PEAKS = {"H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
@@ -47,8 +47,8 @@ def peak_for(card: str, precision: str, given: float | None) -> float | None:
 
 def run(arch: str, n_images: int, batch: int, side: int, device: torch.device, peak: float | None) -> dict:
     torch.manual_seed(0)
-    images = torch.randn(n_images, 3, 224 if isinstance(arch, str) else arch["img_size"],
-                         224 if isinstance(arch, str) else arch["img_size"], device=device)
+    size = resolve_arch(arch, with_decoder=True)["img_size"]
+    images = torch.randn(n_images, 3, size, size, device=device)
     model = build_mae(arch, norm_pix_loss=True).to(device).eval()
     obj = objectives.from_model("pretext", model, images, torch.zeros(n_images, dtype=torch.long), batch)
     perturbation = surface.Perturbation(model, directions.split(directions.make(model, seed=0)))

@@ -29,6 +29,11 @@ def _read(path) -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
+def _without(found: dict | None, keys) -> dict | None:
+    """A measured part without the fields the metrics file holds once, at its top level."""
+    return None if found is None else {k: v for k, v in found.items() if k not in keys}
+
+
 def surface_metrics(surface_path, hessian_path, flatness_path, cfg: dict) -> dict:
     """One surface's metrics file: identity, the measured parts, and `centre_loss`, the loss
     at the trained weights (from the model where measured, else the surface's centre)."""
@@ -41,12 +46,10 @@ def surface_metrics(surface_path, hessian_path, flatness_path, cfg: dict) -> dic
     source = measured["hessian"] or measured["flatness"] or {}
     identity = {k: source.get(k, ds.attrs.get(k)) for k in IDENTITY}
     result = {**identity, "surface_file": str(surface_path),
-              "parameters": (measured["hessian"] or {}).get("parameters")}
-    result["hessian"] = {k: v for k, v in measured["hessian"].items() if k not in IDENTITY + ("centre_loss",)} \
-        if measured["hessian"] else None
-    result["flatness"] = {k: v for k, v in measured["flatness"].items() if k not in IDENTITY} \
-        if measured["flatness"] else None
-    result["surface"] = surface_measures(ds, cfg)
+              "parameters": (measured["hessian"] or {}).get("parameters"),
+              "hessian": _without(measured["hessian"], IDENTITY + ("centre_loss",)),
+              "flatness": _without(measured["flatness"], IDENTITY),  # its centre_loss scales its rises
+              "surface": surface_measures(ds, cfg)}
     result["centre_loss"] = source.get("centre_loss", result["surface"]["centre_loss"])
     return result
 

@@ -12,34 +12,37 @@ def open_surface(path) -> xr.Dataset:
     return xr.open_zarr(path).load()
 
 
+def open_netcdf(path) -> xr.Dataset:
+    """A small result file (line, interpolation, ratio map), read whole."""
+    with xr.open_dataset(path, engine="scipy") as ds:
+        return ds.load()
+
+
+def printed(written: list) -> list:
+    """The files a figure stage wrote, listed in its log."""
+    for path in written:
+        print(path)
+    return written
+
+
 def surface_figures(settings: dict, surface_path, prefix, html, vts) -> list:
     ds = open_surface(surface_path)
     written = (figures.plot_surface(ds, prefix, settings) + figures.plot_contour(ds, prefix, settings)
                + figures.plot_slices(ds, prefix, settings))
     written += [interactive.write_html(ds, html, settings), interactive.write_vts(ds, vts, settings)]
-    for path in written:
-        print(path)
-    return written
+    return printed(written)
 
 
 def accuracy_figure(settings: dict, surface_path, prefix) -> list:
     ds = open_surface(surface_path)
     if "accuracy" not in ds:
         raise ValueError(f"surface {surface_path} has no accuracy (objective {ds.attrs.get('objective')})")
-    written = figures.plot_accuracy(ds, prefix, settings)
-    for path in written:
-        print(path)
-    return written
+    return printed(figures.plot_accuracy(ds, prefix, settings))
 
 
 def path_figure(settings: dict, path_file, prefix) -> list:
     """Figure of a 1-D landscape (line or interpolation, netCDF)."""
-    with xr.open_dataset(path_file, engine="scipy") as ds:
-        ds.load()
-    written = figures.plot_path(ds, prefix, settings)
-    for path in written:
-        print(path)
-    return written
+    return printed(figures.plot_path(open_netcdf(path_file), prefix, settings))
 
 
 def comparison_figures(settings: dict, surface_paths, labels, prefix, title=None) -> list:
@@ -52,9 +55,7 @@ def comparison_figures(settings: dict, surface_paths, labels, prefix, title=None
     for label, ds in entries:
         print(f"{label}: basin area fraction (loss <= centre + {delta}) = "
               f"{figures.basin_area_fraction(ds, delta):.3f}")
-    for path in written:
-        print(path)
-    return written
+    return printed(written)
 
 
 def spectrum_figure(settings: dict, hessian_files, labels, prefix) -> list:
@@ -62,17 +63,9 @@ def spectrum_figure(settings: dict, hessian_files, labels, prefix) -> list:
     if len(labels) != len(hessian_files):
         raise ValueError(f"{len(hessian_files)} Hessian files but {len(labels)} labels")
     entries = [(label, json.loads(Path(path).read_text())) for label, path in zip(labels, hessian_files)]
-    written = figures.plot_spectrum(entries, prefix, settings)
-    for path in written:
-        print(path)
-    return written
+    return printed(figures.plot_spectrum(entries, prefix, settings))
 
 
 def ratio_map_figure(settings: dict, ratio_map_file, prefix) -> list:
     """Map of |lambda_min / lambda_max| (netCDF of the ratio-map stage)."""
-    with xr.open_dataset(ratio_map_file, engine="scipy") as ds:
-        ds.load()
-    written = figures.plot_ratio_map(ds, prefix, settings)
-    for path in written:
-        print(path)
-    return written
+    return printed(figures.plot_ratio_map(open_netcdf(ratio_map_file), prefix, settings))
