@@ -1,6 +1,8 @@
 # vitlandscape: MAE / RC-MAE / supervised ViTs and their loss landscapes.
 # Run: snakemake --cores N   (config/config.yaml is the embedded default)
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,7 +14,11 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+# The schema, one readable line per problem (key path, value, what is allowed); defaults filled.
+sys.path.insert(0, f"{workflow.basedir}/workflow")
+from vitlandscape.configcheck import validate_config  # noqa: E402
+
+validate_config(config, f"{workflow.basedir}/config/schema.yaml")
 
 
 include: "workflow/rules/common.smk"

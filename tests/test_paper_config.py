@@ -1,5 +1,6 @@
 """config/paper.yaml as shipped: with its checkpoint and data paths filled by fakes made
-here (the released key layouts at tiny size), the workflow plans the paper's jobs."""
+here (the released key layouts at full size, every tensor a view of one zero), the workflow
+plans the paper's jobs."""
 import argparse
 
 import pytest
@@ -8,30 +9,37 @@ import yaml
 
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, encoder_state
-from conftest import ROOT, TINY_ARCH, planned_jobs
+from conftest import ROOT, planned_jobs
 
 pytestmark = pytest.mark.subprocess
-SUP_ARCH = {k: TINY_ARCH[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+
+
+def hollow(model) -> dict:
+    """The model's state dict at full size, every tensor a view of one zero (a few bytes on disk)."""
+    zero = torch.zeros((), device="cpu")
+    return {k: zero.expand(v.shape) for k, v in model.state_dict().items()}
 
 
 def fake_release(workdir):
-    """Every file paper.yaml (and paper_visualize.yaml) names, in its release layout."""
+    """Every file paper.yaml (and paper_visualize.yaml) names, in its release layout and sizes."""
     (workdir / "data/imagenet/train/n01440764").mkdir(parents=True)
     ckpts = workdir / "checkpoints"
     ckpts.mkdir()
-    mae = build_mae(TINY_ARCH).state_dict()
+    with torch.device("meta"):
+        mae, mae_large = build_mae("mae_vit_base_patch16"), build_mae("mae_vit_large_patch16")
+        finetuned = build_classifier("vit_base_patch16", 1000, "finetune", global_pool=True)
+        deit = build_classifier("vit_base_patch16", 1000, "supervised")
+    mae, mae_large, finetuned, deit = hollow(mae), hollow(mae_large), hollow(finetuned), hollow(deit)
     norm_pix = argparse.Namespace(norm_pix_loss=True)
     torch.save({"model": mae, "args": norm_pix}, ckpts / "mae_pretrain_vit_base_full.pth")
     torch.save({"model": encoder_state(mae), "args": norm_pix}, ckpts / "mae_pretrain_vit_base.pth")
     torch.save({"student": {f"module.{k}": v for k, v in mae.items()},
                 "teacher": {f"module.{k}": v for k, v in mae.items()}}, ckpts / "rcmae_pretrain_vit_base.pth")
-    finetuned = build_classifier(SUP_ARCH, 1000, "finetune", global_pool=True).state_dict()
     torch.save({"model": finetuned}, ckpts / "mae_finetuned_vit_base.pth")
     torch.save({"model": {f"module.{k}": v for k, v in finetuned.items()}}, ckpts / "rcmae_finetuned_vit_base.pth")
-    torch.save({"model": build_classifier(SUP_ARCH, 1000, "supervised").state_dict()},
-               ckpts / "deit_base_patch16_224-b5f2ef4d.pth")
-    for size in ("base", "large"):
-        torch.save({"model": mae, "args": argparse.Namespace(norm_pix_loss=False)},
+    torch.save({"model": deit}, ckpts / "deit_base_patch16_224-b5f2ef4d.pth")
+    for size, state in (("base", mae), ("large", mae_large)):
+        torch.save({"model": state, "args": argparse.Namespace(norm_pix_loss=False)},
                    ckpts / f"mae_visualize_vit_{size}.pth")
 
 

@@ -50,6 +50,7 @@ def test_vit_base_counts_by_hand():
 def test_plan_of_a_config(default_config):
     config = validated(default_config)
     config["landscape"].update(alpha=[-1, 1, 51], beta=[-1, 1, 51], tile=[17, 20])
+    config["data"]["eval_samples"] = 256
     result = plan.plan(config, tflops=100.0, num_classes=10)
     by_name = {s["name"]: s for s in result["surfaces"]}
     assert set(by_name) == {"mae/pretext", "mae/probe", "rcmae/pretext", "rcmae/probe", "sup/supervised"}
@@ -66,6 +67,8 @@ def test_metrics_cost_counted_by_hand(default_config):
     products at 11 forwards each; flatness: 1 + 5 samples x 3 sigmas = 16 evaluations; a 3 x 3
     ratio map of 20-step Lanczos runs adds 9 x 22 products."""
     config = validated(default_config)
+    config["data"]["eval_samples"] = 256
+    config["metrics"]["hessian"].update(lanczos_steps=30, top_k=3, trace_probes=6, density_runs=1, density_steps=16)
     config["metrics"]["ratio_map"].update(enabled=True, alpha=[-1, 1, 3], beta=[-1, 1, 3], lanczos_steps=20)
     result = plan.plan(config, tflops=100.0, num_classes=10)
     by_name = {m["name"]: m for m in result["metrics"]}

@@ -277,11 +277,13 @@ def _compute(args) -> None:
 def _plan(args) -> None:
     """Validate the config as the workflow does (defaults filled), then print and save the plan."""
     import yaml
-    from snakemake.utils import validate
 
-    from vitlandscape import plan
+    from vitlandscape import configcheck, plan
     config = yaml.safe_load(Path(args.configfile).read_text())
-    validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
+    try:
+        configcheck.validate_config(config, Path(__file__).resolve().parents[2] / "config" / "schema.yaml")
+    except configcheck.ConfigError as err:
+        raise SystemExit(f"plan: {args.configfile}: {err}") from None
     num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
     try:
         train_images = args.train_images or plan.default_train_images(config)

@@ -1,15 +1,29 @@
-"""Checks of a schema-validated config (defaults filled) that a JSON schema cannot express.
+"""The config's checks before any job runs: the JSON schema (`validate_config`, one readable
+line per error), then what a schema cannot express (`problems`, on the validated config).
 
-Each problem names the config key at fault, so a bad config fails before any job runs.
+Each problem names the config key at fault, the value and what is expected.
 """
+import zipfile
 from pathlib import Path
 
-from vitlandscape import findings
-from vitlandscape.models.arch import PRESETS
+from vitlandscape import findings, schemaerrors
+from vitlandscape.models.arch import DECODER_KEYS, PRESETS
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
 ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},
            "supervised": {"supervised"}}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate_config(config: dict, schema_path) -> None:
+    """Validate against the JSON schema, filling in defaults (as snakemake.utils.validate does);
+    raise a ConfigError with one line per error."""
+    lines = schemaerrors.problems(config, schema_path)
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
 def objectives(model_cfg: dict) -> list[str]:
@@ -31,6 +45,13 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
         out.append(f"{key}.arch.img_size {dims['img_size']} is not a multiple of patch_size {dims['patch_size']}")
     if dims["embed_dim"] % dims["num_heads"]:
         out.append(f"{key}.arch.embed_dim {dims['embed_dim']} is not divisible by num_heads {dims['num_heads']}")
+    if m["method"] == "supervised" and isinstance(m["arch"], str) and "decoder_embed_dim" in dims:
+        encoders = [p for p in PRESETS if "decoder_embed_dim" not in PRESETS[p]]
+        out.append(f"{key}.arch: {m['arch']} is an MAE preset with a decoder, which a supervised model does not "
+                   f"have; expected one of {', '.join(encoders)}")
+    elif m["method"] == "supervised":
+        out += [f"{key}.arch.{k}: {dims[k]} is a decoder setting, which a supervised model does not have; "
+                f"expected no {k}" for k in DECODER_KEYS if k in dims]
     if m["method"] in ("mae", "rcmae"):
         missing = [k for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads") if k not in dims]
         if missing:
@@ -67,10 +88,10 @@ def _checkpoint_problems(key: str, m: dict) -> list[str]:
         if not Path(path).is_file():
             out.append(f"{key}.{name}: file {path} does not exist")
             continue
-        from vitlandscape import formats  # imports torch: only when a checkpoint is given
+        from vitlandscape import ckptheader, formats  # import torch: only when a checkpoint is given
 
         try:
-            ckpt = formats.read(path, prefer=m.get("downstream_weights", "teacher"), mmap=True)
+            ckpt = ckptheader.read(path, prefer=m.get("downstream_weights", "teacher"))
             for use in uses:
                 if use == "encoder":
                     formats.encoder_source(ckpt)
@@ -83,7 +104,40 @@ def _checkpoint_problems(key: str, m: dict) -> list[str]:
         if "pretext" in uses and recorded is not None and recorded != m["norm_pix_loss"]:
             out.append(f"{key}.norm_pix_loss is {m['norm_pix_loss']} but checkpoint {path} was trained with "
                        f"norm_pix_loss={recorded}: the pretext loss would not be the one it minimised")
+        out += _arch_problems(key, name, ckpt, uses, m)
     return out
+
+
+def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[str]:
+    """The checkpoint's tensor names and shapes against the model `arch` builds for each use
+    (on the meta device): the strict check the job makes when it loads the weights."""
+    import torch
+
+    from vitlandscape import ckptheader, objectives
+    from vitlandscape.checkpoints import CheckpointError, check_keys
+    from vitlandscape.models.classifier import ENCODER_PREFIXES, build_classifier, encoder_state
+
+    wanted, found = arch_dims(m["arch"]), ckptheader.dims(ckpt.state)
+    differ = [f"{key}.arch.{k}: {wanted[k]} does not match checkpoint {ckpt.path} ({key}.{name}); expected {v}, "
+              f"as in the checkpoint"
+              for k, v in found.items() if k in wanted and wanted[k] != v
+              and ("pretext" in uses or k not in DECODER_KEYS)]  # only the pretext loss uses the decoder
+    if differ:
+        return differ
+    what = f"checkpoint {ckpt.path}"
+    try:
+        with torch.device("meta"):
+            for use in uses:
+                if use == "encoder":
+                    model = build_classifier(m["arch"], 1, "probe")
+                    expected = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+                    check_keys(expected, encoder_state(ckpt.state), what)
+                else:
+                    check_keys(objectives.model_for(ckpt, use, m).state_dict(), ckpt.state, what)
+    except CheckpointError as err:
+        text = f"{key}.{name}: {err} (the model of {key}.arch)"
+        return [text if len(text) <= 400 else text[:397] + "..."]
+    return []
 
 
 def _interpolation_problems(i: int, spec: dict, models: dict) -> list[str]:
@@ -111,14 +165,52 @@ def _metrics_problems(config: dict, surfaces: set[str]) -> list[str]:
     return out + findings.claim_problems(metrics, surfaces)
 
 
+DATA_LAYOUT = {"npz": "an .npz file with arrays images and labels",
+               "cifar": "a folder with CIFAR data_batch_* files",
+               "imagefolder": "a folder with train/<class>/ image folders (ImageNet layout)"}
+
+
+def _npz_arrays(path: Path) -> set[str]:
+    """The array names of an .npz file (a zip of NAME.npy files), read from its directory."""
+    if not zipfile.is_zipfile(path):
+        return set()
+    with zipfile.ZipFile(path) as npz:
+        return {Path(name).stem for name in npz.namelist()}
+
+
+def _data_problems(data: dict) -> list[str]:
+    dataset, path = data["dataset"], data.get("path")
+    if dataset == "digits":
+        return []
+    if not path:
+        return [f"data.path is required for data.dataset {dataset!r}"]
+    path = Path(path)
+    if not path.exists():
+        return [f"data.path: {path} does not exist"]
+    if dataset == "npz":
+        fits = {"images", "labels"} <= _npz_arrays(path)
+    elif dataset == "cifar":
+        fits = any(path.glob("data_batch_*"))
+    else:
+        fits = (path / "train").is_dir()
+    return [] if fits else [f"data.path: {path} is not {DATA_LAYOUT[dataset]} (data.dataset is {dataset})"]
+
+
+def _axis_problems(config: dict) -> list[str]:
+    """Every [min, max, points] axis runs upwards (one point may sit at min == max)."""
+    ls, ratio_map = config["landscape"], config["metrics"]["ratio_map"]
+    axes = {"landscape.alpha": ls["alpha"], "landscape.beta": ls["beta"], "landscape.line": ls["line"],
+            **{f"landscape.interpolations[{i}].range": spec["range"] for i, spec in enumerate(ls["interpolations"])},
+            "metrics.ratio_map.alpha": ratio_map["alpha"], "metrics.ratio_map.beta": ratio_map["beta"]}
+    return [f"{key}: {list(spec)} has min {spec[0]} >= max {spec[1]}; expected [min, max, points] with min < max "
+            f"(min == max only with 1 point)" for key, spec in axes.items()
+            if spec[0] > spec[1] or (spec[0] == spec[1] and spec[2] > 1)]
+
+
 def problems(config: dict) -> list[str]:
+    """What the schema cannot check, on a validated config (defaults filled)."""
     data = config["data"]
-    out = []
-    if data["dataset"] != "digits":
-        if not data.get("path"):
-            out.append(f"data.path is required for data.dataset {data['dataset']!r}")
-        elif not Path(data["path"]).exists():
-            out.append(f"data.path: {data['path']} does not exist")
+    out = _data_problems(data) + _axis_problems(config)
     for name, m in config["models"].items():
         out += _model_problems(name, m, data["image_size"])
     surfaces = {f"{name}/{o}" for name, m in config["models"].items() for o in objectives(m)}

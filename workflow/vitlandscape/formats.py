@@ -58,7 +58,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read(path: Path, mmap: bool) -> tuple[dict, str]:
+def _read(path: Path) -> tuple[dict, str]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if _is_safetensors(path):
@@ -68,7 +68,7 @@ def _read(path: Path, mmap: bool) -> tuple[dict, str]:
             return load_file(path), "safetensors"
         except SafetensorError as err:
             raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {err}") from err
-    return checkpoints.load(path, mmap=mmap), "torch"
+    return checkpoints.load(path), "torch"
 
 
 def _strip(state: dict) -> dict:
@@ -105,15 +105,15 @@ def _unrecognised(path, ckpt: dict, state: dict | None) -> CheckpointError:
         f"Supported: {', '.join(FORMATS)} (see workflow/vitlandscape/formats.py and config/README.md)")
 
 
-def read(path, prefer: str = "teacher", mmap: bool = False) -> Checkpoint:
-    """Load a checkpoint file and recognise its format.
+def read(path, prefer: str = "teacher") -> Checkpoint:
+    """Load a checkpoint file and recognise its format (`ckptheader.read` does so without
+    reading the tensors).
 
     `prefer` picks `teacher` or `student` from an RC-MAE release checkpoint (and from
-    ours when it holds both without a `model` entry). `mmap=True` maps the tensors
-    instead of reading them (enough to look at the keys).
+    ours when it holds both without a `model` entry).
     """
     path = Path(path)
-    ckpt, container = _read(path, mmap)
+    ckpt, container = _read(path)
     return recognise(ckpt, path, container, prefer)
 
 
