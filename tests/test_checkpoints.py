@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import checkpoints, objectives, outputs, stages
+from vitlandscape import checkpoints, data, objectives, outputs, stages
 from vitlandscape.checkpoints import CheckpointError
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
@@ -41,7 +41,7 @@ def test_rcmae_release_format_loads_teacher_or_student(tmp_path, mae_state):
 
 def test_workflow_checkpoint_loads(tmp_path, npz_dataset):
     data_file = tmp_path / "data.pt"
-    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
                          "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, data_file)
     for method in ("mae", "rcmae"):
         cfg = model_settings(method)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlandscape import data, imagefolder, stages
+from vitlandscape import data, imagefolder
 from vitlandscape.data import DataError
 
 
@@ -144,7 +144,7 @@ def test_imagefolder_errors_name_the_folder(folder):
 
 def test_prepared_imagefolder_is_memory_mapped_and_normalised_on_the_device(folder, tmp_path):
     out = tmp_path / "prepared" / "imagefolder.pt"
-    stages.prepare_data(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6), out)
+    data.prepare_data(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6), out)
     prepared = data.load_prepared(out)
     assert any(str(out) in line for line in Path("/proc/self/maps").read_text().splitlines())
     fresh = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=6))

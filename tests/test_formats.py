@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape import checkpoints, configcheck, formats, objectives, stages
+from vitlandscape import accuracy, checkpoints, configcheck, data, formats, objectives, stages
 from vitlandscape.checkpoints import CheckpointError
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import encoder_state
@@ -109,7 +109,7 @@ def test_encoder_only_mae_is_refused_for_pretext_and_serves_probing(tmp_path, np
                                               r"loss needs the decoder\. Use mae_visualize_vit_\{base,large,huge\}"):
         objectives.load("pretext", path, model_settings())
     data_file = tmp_path / "data.pt"
-    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
                          "seed": 0, "test_fraction": 0.25}, data_file)
     cfg = model_settings()
     cfg["probe"].update(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, warmup_epochs=0)
@@ -124,7 +124,7 @@ def test_finetune_recipe_writes_the_official_layout(tmp_path, npz_dataset):
     """Fine-tuning with global_pool writes what the released fine-tuned checkpoints hold:
     `fc_norm` instead of `norm`, a trained position embedding started from sin-cos."""
     data_file = tmp_path / "data.pt"
-    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
                          "seed": 0, "test_fraction": 0.25}, data_file)
     mae = build_mae(TINY_ARCH).state_dict()
     torch.save({"model": mae}, tmp_path / "mae.pth")
@@ -271,7 +271,7 @@ def test_config_check_refuses_a_probe_checkpoint_of_the_wrong_kind(tmp_path, def
 
 def test_a_given_checkpoint_is_evaluated_for_the_accuracy_table(tmp_path, npz_dataset):
     data_file = tmp_path / "data.pt"
-    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
                          "seed": 0, "test_fraction": 0.25}, data_file)
     source = linprobe_vit(classes=3).eval()
     torch.save({"model": source.state_dict()}, tmp_path / "linprobe.pth")
@@ -281,7 +281,7 @@ def test_a_given_checkpoint_is_evaluated_for_the_accuracy_table(tmp_path, npz_da
         expected = (source(prepared["test_images"]).argmax(-1) == prepared["test_labels"]).double().mean().item()
     assert metrics["test_top1"] == pytest.approx(expected, abs=1e-12)
     assert (metrics["stage"], metrics["checkpoint_format"]) == ("probe", "mae_linprobe")
-    table = stages.accuracy_table([tmp_path / "p.json"], {}, tmp_path / "accuracy.csv")
+    table = accuracy.accuracy_table([tmp_path / "p.json"], {}, tmp_path / "accuracy.csv")
     assert table.loc[0, "linear_probe_top1"] == pytest.approx(expected)
     assert table["probe_random_init_top1"].isna().all()  # no probe was trained on a random encoder
     torch.save({"model": linprobe_vit(classes=2).state_dict()}, tmp_path / "two.pth")

@@ -24,7 +24,7 @@ def setup(tmp_path_factory):
     labels = np.arange(60) % 3
     images = rng.integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
     np.savez(root / "data.npz", images=images, labels=labels)
-    stages.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
+    data.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
                          "eval_samples": 24, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
     torch.manual_seed(0)
     cfg = model_settings("mae")

@@ -62,3 +62,27 @@ def test_file_stages_import_neither_torch_nor_timm(tmp_path):
     assert xr.open_zarr(tmp_path / "s.zarr").loss.sel(alpha=0.0, beta=0.0).item() == 1.0
     assert (tmp_path / "fig/m_3d.png").stat().st_size > 0 and (tmp_path / "metrics/summary.csv").exists()
     assert (tmp_path / "config.yaml").read_text() == "models: {}\n"
+
+
+def test_data_and_accuracy_stages_import_torch_but_not_timm(tmp_path):
+    """Preparing the data and collecting the accuracy table need torch (tensor files), not the
+    models: timm, with torchvision and torch._dynamo behind it, would add about 2 s a job."""
+    probe = {"model": "m", "method": "mae", "stage": "probe", "test_top1": 0.5, "random_init_test_top1": 0.25}
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    stages = [
+        ["prepare-data", "--settings", json.dumps({"dataset": "digits", "image_size": 8, "eval_samples": 4,
+                                                   "seed": 0, "test_fraction": 0.2}),
+         "--out", str(tmp_path / "digits.pt")],
+        ["accuracy-table", "--metrics", str(tmp_path / "probe.json"), "--out", str(tmp_path / "accuracy.csv")],
+    ]
+    script = ("import sys\nfrom vitlandscape.cli import main\n"
+              f"for argv in {stages!r}:\n"
+              "    main(argv)\n"
+              "    loaded = [m for m in ('timm', 'torchvision') if m in sys.modules]\n"
+              "    assert not loaded, f'{argv[0]} imported {loaded}'\n"
+              "assert 'torch' in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "digits.pt").stat().st_size > 0
+    assert (tmp_path / "accuracy.csv").read_text().splitlines()[1].startswith("m,mae,0.5")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vitlandscape import stages, train
+from vitlandscape import data, stages, train
 from vitlandscape.models.arch import build_mae
 from conftest import make_image_folder, model_settings
 
@@ -11,7 +11,7 @@ from conftest import make_image_folder, model_settings
 @pytest.fixture
 def data_file(tmp_path, npz_dataset):
     path = tmp_path / "data.pt"
-    stages.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
                          "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, path)
     return path
 
@@ -48,7 +48,7 @@ def folder_file(tmp_path):
     """A prepared fake ImageFolder: 3 classes, 12 training and 3 val images each."""
     root = make_image_folder(tmp_path / "folder", classes=3, train=12, val=3)
     path = tmp_path / "folder.pt"
-    stages.prepare_data({"dataset": "imagefolder", "path": str(root), "image_size": 16, "eval_samples": 8,
+    data.prepare_data({"dataset": "imagefolder", "path": str(root), "image_size": 16, "eval_samples": 8,
                          "seed": 0, "test_fraction": 0.2}, path)
     return path
 

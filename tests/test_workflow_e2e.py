@@ -242,29 +242,31 @@ def test_changing_figure_settings_reruns_only_figures(workflow_run):
 
 
 # Which rules run each stage's code, and which stages use each library module: the
-# project's promise, written down here independently of the lists in common.smk.
+# project's promise, written down here independently of the import graph from which
+# vitlandscape/codehash.py derives the code hashes (which this test checks).
 STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstream"}, "table": {"accuracy_table"},
                "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate"},
                "figures": FIGURE_RULES, "metrics": {"hessian", "flatness"}, "metrics_tables": {"metrics_tables"}}
 EVERY_STAGE = set(STAGE_RULES)
-TORCH_STAGES = EVERY_STAGE - {"metrics_tables"}  # the tables' job reads files: no checkpoints, no data
 MODEL_STAGES = {"train", "landscape", "metrics"}
+DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "outputs.py": EVERY_STAGE, "stages.py": TORCH_STAGES, "checkpoints.py": TORCH_STAGES,
-    "formats.py": TORCH_STAGES, "data.py": TORCH_STAGES, "devices.py": TORCH_STAGES,
+    "__init__.py": EVERY_STAGE, "outputs.py": MODEL_STAGES | {"metrics_tables"},
+    "checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
+    "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "formats.py": MODEL_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,
-    "objectives.py": MODEL_STAGES, "progress.py": MODEL_STAGES | {"prepare_data"}, "train.py": {"train"},
-    "rcmae.py": {"train"}, "imagefolder.py": {"prepare_data", "train"},
+    "objectives.py": MODEL_STAGES, "stages.py": {"train"}, "train.py": {"train"}, "rcmae.py": {"train"},
+    "accuracy.py": {"table"},
     "landscape.py": {"landscape"}, "directions.py": {"landscape", "metrics"}, "grid.py": {"landscape", "metrics"},
     "surface.py": {"landscape", "metrics"}, "tiles.py": {"landscape"},
     "hessian.py": {"metrics"}, "flatness.py": {"metrics"}, "curvature.py": {"metrics"},
     "basins.py": {"metrics_tables"}, "findings.py": {"metrics_tables"}, "metrics.py": {"metrics_tables"},
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
-    # argument parsing, config checks, the cost planner (and its throughput measurement) and the benchmark
-    # compute no result
-    "cli.py": set(), "__main__.py": set(), "configcheck.py": set(), "plan.py": set(), "throughput.py": set(),
-    "bench.py": set(),
+    # argument parsing, the code hashes, config checks (with the checkpoint-header and schema-error
+    # helpers), the cost planner (and its throughput measurement) and the benchmark compute no result
+    "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(), "ckptheader.py": set(),
+    "schemaerrors.py": set(), "plan.py": set(), "throughput.py": set(), "bench.py": set(),
 }
 
 

@@ -1,6 +1,6 @@
 # Helpers shared by the rules: config checks, per-stage settings, code hashes, targets.
 import copy
-import hashlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import configcheck, grid  # noqa: E402
+from vitlandscape import codehash, configcheck, grid  # noqa: E402
 
 # Every job runs the library from this checkout through the shell function `vitlandscape`
 # (`python -m vitlandscape STAGE ...`): with the conda environment's python under
@@ -55,32 +55,12 @@ wildcard_constraints:
     tile=r"a\d+_b\d+",
 
 
-# Library modules each stage imports; their hash goes into params so that editing the
-# code reruns exactly the stages that use it (Snakemake does not track imports). The
-# argument parsing in cli.py / __main__.py computes nothing, so it is left out.
-_COMMON = ["__init__.py", "stages.py", "outputs.py", "checkpoints.py", "formats.py", "data.py", "devices.py"]
-_MODELS = ["models/__init__.py", "models/arch.py", "models/mae.py", "models/classifier.py",
-           "models/posembed.py", "masking.py"]
-STAGE_MODULES = {
-    "prepare_data": _COMMON + ["imagefolder.py", "progress.py"],
-    "train": _COMMON + _MODELS + ["train.py", "rcmae.py", "objectives.py", "progress.py", "imagefolder.py"],
-    "table": _COMMON,
-    "landscape": _COMMON + _MODELS + ["landscape.py", "directions.py", "objectives.py", "grid.py", "surface.py",
-                  "tiles.py", "progress.py"],
-    "figures": _COMMON + ["plots.py", "figures.py", "interactive.py"],
-    "metrics": _COMMON + _MODELS + ["curvature.py", "hessian.py", "flatness.py", "objectives.py", "directions.py",
-                                    "surface.py", "grid.py", "progress.py"],
-    "metrics_tables": ["__init__.py", "outputs.py", "metrics.py", "basins.py", "findings.py"],
-    "bench": _COMMON + _MODELS + ["bench.py", "objectives.py", "directions.py", "surface.py", "progress.py"],
-}
-
-
+# A hash of the library code each stage can run goes into its rules' params, so that an edit
+# reruns exactly the stages it can affect (Snakemake does not track imports): the stage's entry
+# modules and everything they import, found from the import graph (vitlandscape/codehash.py).
+@functools.cache
 def code_hash(stage):
-    digest = hashlib.sha256()
-    for module in sorted(STAGE_MODULES[stage]):
-        digest.update(module.encode())
-        digest.update((LIBDIR / "vitlandscape" / module).read_bytes())
-    return digest.hexdigest()[:16]
+    return codehash.code_hash(LIBDIR / "vitlandscape", codehash.STAGE_ENTRIES[stage])
 
 
 def as_json(obj):

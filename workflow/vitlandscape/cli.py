@@ -236,42 +236,62 @@ def _plot(args) -> None:
 
 
 def _compute(args) -> None:
-    """The stages that run models (and the accuracy table, which reads torch checkpoints)."""
+    """The stages that read or run models: each imports only the modules it calls (timm, with
+    torchvision, costs about 2 s a job; data preparation and the accuracy table need neither)."""
     import torch
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    from vitlandscape import curvature, landscape, stages
     if args.stage == "prepare-data":
-        stages.prepare_data(args.settings, args.out)
-    elif args.stage == "pretrain":
+        from vitlandscape import data
+        data.prepare_data(args.settings, args.out)
+    elif args.stage == "accuracy-table":
+        from vitlandscape import accuracy
+        supervised = dict(item.split("=", 1) for item in args.supervised)
+        accuracy.accuracy_table(args.metrics, supervised, args.out)
+    elif args.stage in ("pretrain", "probe", "finetune", "evaluate"):
+        _train(args)
+    elif args.stage in ("directions", "surface-tile", "line", "interpolate"):
+        _landscape(args)
+    elif args.stage in ("hessian", "flatness", "ratio-map"):
+        _curvature(args)
+    elif args.stage == "bench-grid":
+        _bench(args)
+    elif args.stage == "bench":
+        _bench_compare(args)
+
+
+def _train(args) -> None:
+    from vitlandscape import stages
+    if args.stage == "pretrain":
         stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
                           args.device, args.workers)
-    elif args.stage == "evaluate":
+    else:
         stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
                         args.workers)
-    elif args.stage == "directions":
+
+
+def _landscape(args) -> None:
+    from vitlandscape import landscape
+    if args.stage == "directions":
         landscape.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":
         landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
     elif args.stage == "line":
         landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
-    elif args.stage == "interpolate":
+    else:
         landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
-    elif args.stage == "hessian":
+
+
+def _curvature(args) -> None:
+    from vitlandscape import curvature
+    if args.stage == "hessian":
         curvature.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
     elif args.stage == "flatness":
         curvature.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
-    elif args.stage == "ratio-map":
+    else:
         curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
-    elif args.stage == "bench-grid":
-        _bench(args)
-    elif args.stage == "bench":
-        _bench_compare(args)
-    elif args.stage == "accuracy-table":
-        supervised = dict(item.split("=", 1) for item in args.supervised)
-        stages.accuracy_table(args.metrics, supervised, args.out)
 
 
 def _plan(args) -> None:

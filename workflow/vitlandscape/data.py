@@ -207,3 +207,13 @@ def ordered_batches(prepared: dict, split: str, batch_size: int, workers: int, d
         from vitlandscape import imagefolder
         return imagefolder.ordered_loader(prepared, split, batch_size, workers, torch.device(device))
     return chunks(prepared[f"{split}_images"].to(device), prepared[f"{split}_labels"].to(device), batch_size)
+
+
+def prepare_data(cfg: dict, out) -> None:
+    """The prepare-data stage: prepare the data set and write it to `out` atomically."""
+    from vitlandscape.checkpoints import atomic_save
+    prepared = prepare(cfg)
+    atomic_save(prepared, out)
+    n_train, n_test = split_sizes(prepared)
+    print(f"{cfg['dataset']}: {n_train} train, {n_test} test, {len(prepared['eval_index'])} eval images, "
+          f"{prepared['num_classes']} classes -> {out}")

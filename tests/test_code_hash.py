@@ -1,0 +1,201 @@
+"""Code hashes from the import graph, and exactly what a change reruns.
+
+The workflow-level tests plan on a copy of the workflow whose outputs are empty placeholders
+recorded as made by the current code and config (`snakemake --touch --forceall`): what a
+dry run then plans, or `--summary` marks "params changed", is what the change reruns.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from conftest import ROOT, planned_jobs, snakemake
+from vitlandscape import codehash
+
+LIBRARY = ROOT / "workflow" / "vitlandscape"
+
+
+def write(folder, files: dict) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+@pytest.fixture
+def package(tmp_path):
+    """a imports b at the top; b imports c inside a function; d is imported by nobody."""
+    pkg = tmp_path / "pkg"
+    write(pkg, {"__init__.py": "", "a.py": "import os\nfrom pkg import b\n",
+                "b.py": "def f():\n    import pkg.c\n    return pkg.c.X\n", "c.py": "X = 1\n", "d.py": "X = 2\n",
+                "sub/__init__.py": "Y = 1\n", "sub/m.py": "X = 1\n"})
+    return pkg
+
+
+def test_closure_follows_imports_inside_functions(package):
+    assert codehash.closure(package, ["a.py"]) == {"__init__.py", "a.py", "b.py", "c.py"}
+
+
+def test_hash_changes_with_an_imported_module_only(package):
+    before = codehash.code_hash(package, ["a.py"])
+    (package / "d.py").write_text("X = 3\n")
+    assert codehash.code_hash(package, ["a.py"]) == before
+    (package / "c.py").write_text("X = 3\n")
+    assert codehash.code_hash(package, ["a.py"]) != before
+
+
+@pytest.mark.parametrize("module,statement,found", [
+    ("e.py", "import pkg.sub.m", {"sub/__init__.py", "sub/m.py"}),
+    ("e.py", "from pkg.sub.m import X", {"sub/__init__.py", "sub/m.py"}),
+    ("e.py", "from pkg.sub import m, Y", {"sub/__init__.py", "sub/m.py"}),
+    ("e.py", "from pkg.sub import Y", {"sub/__init__.py"}),  # a name, not a module
+    ("e.py", "from . import d", {"d.py"}),
+    ("e.py", "from .sub.m import X", {"sub/__init__.py", "sub/m.py"}),
+    ("sub/e.py", "from .. import d", {"sub/__init__.py", "d.py"}),
+    ("sub/e.py", "from . import m", {"sub/__init__.py", "sub/m.py"}),
+    ("e.py", "import os.path\nfrom json import loads", set()),
+])
+def test_every_form_of_import(package, module, statement, found):
+    write(package, {module: "def f():\n" + textwrap.indent(statement, "    ") + "\n"})
+    assert codehash.closure(package, [module]) == {"__init__.py", module} | found
+
+
+@pytest.mark.subprocess
+def test_python_loads_no_module_outside_a_stages_closure():
+    """The parser against the import system: importing a stage's entry modules loads only
+    modules of its closure (module-level imports; those inside functions need the parser)."""
+    script = """
+import importlib, json, sys
+loaded = {}
+for stage, entries in json.loads(sys.argv[1]).items():
+    for name in [n for n in sys.modules if n.split(".")[0] == "vitlandscape"]:
+        del sys.modules[name]
+    for entry in entries:
+        importlib.import_module("vitlandscape." + entry.removesuffix(".py").replace("/", "."))
+    loaded[stage] = [m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "vitlandscape"]
+print(json.dumps(loaded))
+"""
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(codehash.STAGE_ENTRIES)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(LIBRARY.parent)}, check=True)
+    for stage, files in json.loads(run.stdout).items():
+        modules = {os.path.relpath(f, LIBRARY) for f in files}
+        assert modules <= codehash.closure(LIBRARY, codehash.STAGE_ENTRIES[stage]), stage
+
+
+# The default config's surfaces, tiles and comparisons (config/config.yaml).
+SURFACES = [("mae", "pretext"), ("mae", "probe"), ("rcmae", "pretext"), ("rcmae", "probe"), ("sup", "supervised")]
+MAE = SURFACES[:2]
+TILES = ["a0_b0", "a0_b1", "a1_b0", "a1_b1"]
+COMPARISONS = [("compare_figures", {"name": n}) for n in ("mae_vs_supervised", "mae_vs_rcmae_pretext",
+                                                            "mae_vs_rcmae_probe")]
+LANDSCAPE_RULES = {"directions", "surface_tile", "assemble", "line", "interpolate"}
+
+
+def per_surface(rules, surfaces, tiles=()) -> list:
+    """The jobs of `rules` for each surface, its accuracy figure when it has labels, and its `tiles`."""
+    jobs = [(r, {"model": m, "objective": o}) for r in rules for m, o in surfaces]
+    jobs += [("accuracy_figure", {"model": m, "objective": o}) for m, o in surfaces if o != "pretext"]
+    return jobs + [("surface_tile", {"model": m, "objective": o, "tile": t}) for m, o in surfaces for t in tiles]
+
+
+def summary(workdir) -> list[dict]:
+    run = snakemake(workdir, "--summary")
+    assert run.returncode == 0, run.stderr[-3000:]
+    header, *rows = [line.split("\t") for line in run.stdout.splitlines() if "\t" in line]
+    return [dict(zip(header, row)) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A copy of the workflow with every output a placeholder, recorded as up to date."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    shutil.copy(ROOT / "Snakefile", workdir)
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for row in summary(workdir):
+        path = workdir / row["output_file"]
+        if path.suffix == ".zarr":  # the surfaces are directory() outputs
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    run = snakemake(workdir, "--touch", "--forceall", "--cores", "1")  # every job, not only missing outputs
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert planned_jobs(workdir) == []
+    return workdir
+
+
+def changed_config(workdir, change) -> str:
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    change(config["landscape"])
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def same_jobs(planned, expected) -> bool:
+    return sorted(planned, key=str) == sorted(expected, key=str)
+
+
+def touch(workdir) -> None:
+    """Record the outputs of the jobs a change reruns as made by the current code and config."""
+    run = snakemake(workdir, "--touch", "--cores", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+@pytest.mark.subprocess
+def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_reach_it(finished):
+    """Only landscape and metrics code reaches directions.py: their rules rerun for their own
+    code, figures and training do not (they rerun only for renewed inputs)."""
+    library = finished / "workflow/vitlandscape"
+    original = (library / "directions.py").read_text()
+    try:
+        (library / "newmod.py").write_text("SCALE = 1.0\n")
+        (library / "directions.py").write_text(original + "\nfrom vitlandscape import newmod  # noqa: E402,F401\n")
+        touch(finished)
+        (library / "newmod.py").write_text("SCALE = 2.0\n")
+        changed = {row["rule"] for row in summary(finished) if "params changed" in row["status"]}
+        planned = {rule for rule, _ in planned_jobs(finished)}
+    finally:
+        (library / "directions.py").write_text(original)
+        (library / "newmod.py").unlink()
+        touch(finished)
+    assert changed == LANDSCAPE_RULES | {"hessian", "flatness"}
+    assert LANDSCAPE_RULES <= planned and "pretrain" not in planned
+
+
+@pytest.mark.subprocess
+def test_a_new_direction_seed_reruns_directions_and_what_uses_them(finished):
+    jobs = planned_jobs(finished, "--configfile", changed_config(finished, lambda ls: ls.update(direction_seed=1)))
+    expected = per_surface(["directions", "assemble", "line", "surface_figures", "line_figure"], SURFACES, TILES)
+    assert same_jobs(jobs, expected + COMPARISONS + [("metrics_tables", {}), ("effective_config", {}), ("all", {})])
+
+
+@pytest.mark.subprocess
+def test_a_new_grid_reruns_its_tiles_and_surfaces_but_not_the_directions(finished):
+    jobs = planned_jobs(finished, "--configfile", changed_config(finished, lambda ls: ls.update(alpha=[-1.0, 1.0, 11])))
+    # 11 values of alpha in tiles of 11 x 11: one row of tiles; the line records the grid it belongs to
+    expected = per_surface(["assemble", "line", "surface_figures", "line_figure"], SURFACES, ["a0_b0", "a0_b1"])
+    assert same_jobs(jobs, expected + COMPARISONS + [("metrics_tables", {}), ("effective_config", {}), ("all", {})])
+
+
+@pytest.mark.subprocess
+def test_a_rewritten_checkpoint_reruns_only_what_is_measured_on_it(finished):
+    checkpoint = finished / "results/checkpoints/mae/pretrain.pt"
+    content, stat = checkpoint.read_bytes(), checkpoint.stat()
+    try:
+        checkpoint.write_bytes(b"other weights")
+        jobs = planned_jobs(finished)
+    finally:
+        checkpoint.write_bytes(content)
+        os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    expected = per_surface(["directions", "assemble", "line", "hessian", "flatness", "surface_figures", "line_figure"],
+                           MAE, TILES)
+    expected += [("downstream", {"model": "mae", "stage": s}) for s in ("probe", "finetune")]
+    expected += [("interpolate", {"name": "mae_to_rcmae"}), ("interpolation_figure", {"name": "mae_to_rcmae"})]
+    aggregates = ["spectrum_figure", "metrics_tables", "accuracy_table", "all"]
+    assert same_jobs(jobs, expected + COMPARISONS + [(rule, {}) for rule in aggregates])
