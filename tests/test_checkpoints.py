@@ -1,6 +1,7 @@
 """Checkpoints: ours, the official MAE format, the RC-MAE release format, and bad ones."""
 import argparse
 import hashlib
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,21 @@ def test_atomic_save_writes_beside_the_target_in_new_folders(tmp_path, monkeypat
     assert written[0].parent == target.parent and written[0].name.startswith(".ckpt.pt.")
     assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(2))
     assert sorted(p.name for p in target.parent.iterdir()) == ["ckpt.pt"]
+
+
+def test_objects_beyond_weights_are_refused_with_the_way_out_unless_trusted(tmp_path, mae_state):
+    """A Fraction is harmless but outside what weights-only loading allows: refused, naming the
+    type and `trust_checkpoint`; a trusted load reads it. The official releases' argparse
+    Namespace stays allowed without trust."""
+    path = tmp_path / "with_fraction.pth"
+    torch.save({"model": mae_state, "note": Fraction(1, 3)}, path)
+    with pytest.raises(CheckpointError, match=r"with_fraction.pth cannot be read: it holds fractions.Fraction, "
+                                              r".*set trust_checkpoint: true on the model"):
+        checkpoints.load(path)
+    assert checkpoints.load(path, trusted=True)["note"] == Fraction(1, 3)
+    with pytest.raises(CheckpointError, match="trust_checkpoint"):
+        objectives.load_mae(path, model_settings())
+    model = objectives.load_mae(path, model_settings(trust_checkpoint=True))
+    assert torch.equal(model.state_dict()["decoder_pred.weight"], mae_state["decoder_pred.weight"])
+    torch.save({"model": mae_state, "args": argparse.Namespace(norm_pix_loss=False)}, tmp_path / "official.pth")
+    assert checkpoints.load(tmp_path / "official.pth")["args"].norm_pix_loss is False

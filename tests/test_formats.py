@@ -5,6 +5,7 @@ The released layouts are made here with timm's own VisionTransformer (the class 
 official MAE fine-tuning, linear-probe and DeiT code build on), not with our builders.
 """
 import argparse
+from fractions import Fraction
 from functools import partial
 
 import pytest
@@ -287,3 +288,16 @@ def test_a_given_checkpoint_is_evaluated_for_the_accuracy_table(tmp_path, npz_da
     torch.save({"model": linprobe_vit(classes=2).state_dict()}, tmp_path / "two.pth")
     with pytest.raises(ValueError, match="two.pth classifies 2 classes but data set npz has 3"):
         stages.evaluate(model_settings(), "probe", data_file, tmp_path / "two.pth", tmp_path / "q.json")
+
+
+def test_config_check_names_trust_checkpoint_for_a_file_beyond_weights(tmp_path, default_config):
+    arch = default_config["models"]["mae"]["arch"]
+    torch.save({"model": build_mae(arch).state_dict(), "note": Fraction(1, 3)}, tmp_path / "mae.pth")
+    config = default_config
+    config["models"]["mae"]["checkpoint"] = str(tmp_path / "mae.pth")
+    problems = configcheck.problems(validated(config))
+    assert len(problems) == 1 and problems[0].startswith(f"models.mae.checkpoint: checkpoint {tmp_path / 'mae.pth'} "
+                                                         "cannot be read: it holds fractions.Fraction")
+    assert "set trust_checkpoint: true" in problems[0]
+    config["models"]["mae"]["trust_checkpoint"] = True
+    assert configcheck.problems(validated(config)) == []

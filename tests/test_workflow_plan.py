@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from vitlandscape.models.arch import build_mae
-from conftest import ROOT, planned_jobs
+from conftest import ROOT, planned_jobs, snakemake
 
 pytestmark = pytest.mark.subprocess
 
@@ -78,3 +78,23 @@ def test_metric_jobs_follow_the_metrics_switches(tmp_path, default_config):
     assert per_surface(jobs, "ratio_map") == per_surface(jobs, "ratio_map_figure") == sorted(surfaces)
     assert per_surface(jobs, "hessian") == [] and "spectrum_figure" not in {r for r, _ in jobs}
     assert per_surface(jobs, "flatness") == sorted(surfaces) and ("metrics_tables", {}) in jobs
+
+
+def test_trust_checkpoint_reaches_the_jobs_of_that_model_only(tmp_path, default_config):
+    """The flag is in the settings of the trusting model's jobs (and of an interpolation ending
+    there) and nowhere else, so that models which do not set it keep their settings."""
+    config = copy.deepcopy(default_config)
+    config["models"]["rcmae"]["trust_checkpoint"] = True
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "-n", "-p", "--configfile", str(path), snakefile_dir=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the jobs of one model (write-config's settings are the whole config)
+    commands = [line.split("Shell command: ", 1)[1] for line in run.stdout.splitlines()
+                if "Shell command: vitlandscape " in line and "write-config" not in line and '"name":' in line]
+    trusting = [c for c in commands if '"trust_checkpoint":true' in c or '"end_trust_checkpoint":true' in c]
+    assert trusting and all('"name":"rcmae"' in c or '"end_model":"rcmae"' in c for c in trusting)
+    for c in commands:
+        if '"name":"rcmae"' in c and "--settings" in c:
+            assert '"trust_checkpoint":true' in c, c[:200]
+    assert any("vitlandscape interpolate" in c and '"end_trust_checkpoint":true' in c for c in trusting)

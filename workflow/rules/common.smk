@@ -71,11 +71,17 @@ _BASE_KEYS = ["method", "arch", "seed", "norm_pix_loss", "mask_ratio", "downstre
 _RCMAE_KEYS = ["ema_momentum", "ema_schedule", "consistency_weight"]
 
 
+def trust(name):
+    """`trust_checkpoint` only where a model sets it, so that settings (and with them what has
+    to rerun) stay as they were for every model that does not."""
+    return {"trust_checkpoint": True} if MODELS[name]["trust_checkpoint"] else {}
+
+
 def stage_settings(name, stage):
     """Only the config a stage depends on, so an unrelated edit reruns nothing."""
     m = MODELS[name]
     keys = _BASE_KEYS + [stage] + (_RCMAE_KEYS if stage == "pretrain" and m["method"] == "rcmae" else [])
-    return as_json({"name": name, **{k: m[k] for k in keys}})
+    return as_json({"name": name, **{k: m[k] for k in keys}, **trust(name)})
 
 
 def pretrained_path(name):
@@ -115,7 +121,7 @@ _SURFACE_KEYS = _DIRECTION_KEYS + ["alpha", "beta", "tile", "mask_seed", "batch_
 def landscape_settings(name, objective, keys):
     m = MODELS[name]
     model_keys = ["method", "arch", "norm_pix_loss", "mask_ratio", "downstream_weights"]
-    return {"name": name, "objective": objective, **{k: m[k] for k in model_keys},
+    return {"name": name, "objective": objective, **{k: m[k] for k in model_keys}, **trust(name),
             "landscape": {k: LANDSCAPE[k] for k in keys}}
 
 
@@ -161,7 +167,9 @@ def table_settings():
 def interpolation_settings(w):
     spec = INTERPOLATIONS[w.name]
     settings = landscape_settings(spec["start"], spec["objective"], ["mask_seed", "batch_size", "device", "precision"])
-    return as_json({**settings, "interpolation": w.name, "end_model": spec["end"], "range": spec["range"]})
+    end_trust = {"end_trust_checkpoint": True} if MODELS[spec["end"]]["trust_checkpoint"] else {}
+    return as_json({**settings, "interpolation": w.name, "end_model": spec["end"], "range": spec["range"],
+                    **end_trust})
 
 
 def interpolation_checkpoints(w):

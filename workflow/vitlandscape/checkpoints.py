@@ -3,10 +3,13 @@
 Our checkpoints are dicts: `model` (the state_dict that represents the trained model
 downstream), `kind` (mae | classifier), `method`, `arch`, plus stage-specific entries.
 Released checkpoints (official MAE, RC-MAE, DeiT, timm) are recognised in `formats`.
-Everything loads with `weights_only=True`; only argparse.Namespace is allow-listed.
+Everything loads with `weights_only=True`: tensors, plain containers and numbers, and
+argparse.Namespace (the official releases keep their training arguments in one). A file
+that needs anything else is refused, unless the config trusts it (`trust_checkpoint`).
 """
 import argparse
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -32,15 +35,24 @@ def atomic_save(obj, path) -> None:
         raise
 
 
-def load(path, mmap: bool = False) -> dict:
+def load(path, mmap: bool = False, trusted: bool = False) -> dict:
     """A torch checkpoint file as a dict; `mmap=True` maps the tensors instead of reading
-    them (files in the zip format, torch >= 1.6)."""
+    them (files in the zip format, torch >= 1.6). `trusted` unpickles whatever the file
+    holds, which can run code: only for files whose source the user vouches for."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            if trusted or "Unsupported global" not in str(err):
+                raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
+            found = str(err).split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip().removeprefix("GLOBAL ")
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read: it holds {found}, which only a full unpickling can "
+                f"rebuild, and unpickling can run code, so it is refused. If you trust where the file "
+                f"came from, set trust_checkpoint: true on the model that uses it (config/README.md)") from err
         except Exception as err:
             raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from err
     if not isinstance(ckpt, dict):

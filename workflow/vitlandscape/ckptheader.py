@@ -14,12 +14,12 @@ from vitlandscape import checkpoints, formats
 from vitlandscape.checkpoints import CheckpointError
 
 
-def read(path, prefer: str = "teacher") -> formats.Checkpoint:
+def read(path, prefer: str = "teacher", trusted: bool = False) -> formats.Checkpoint:
     """The checkpoint as `formats.read` recognises it, its tensors unread."""
     path = Path(path)
     header = safetensors_shapes(path)
     if header is None:
-        return formats.recognise(checkpoints.load(path, mmap=True), path, "torch", prefer)
+        return formats.recognise(checkpoints.load(path, mmap=True, trusted=trusted), path, "torch", prefer)
     return formats.recognise(header, path, "safetensors", prefer)
 
 

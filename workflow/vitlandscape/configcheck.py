@@ -91,7 +91,8 @@ def _checkpoint_problems(key: str, m: dict) -> list[str]:
         from vitlandscape import ckptheader, formats  # import torch: only when a checkpoint is given
 
         try:
-            ckpt = ckptheader.read(path, prefer=m.get("downstream_weights", "teacher"))
+            ckpt = ckptheader.read(path, prefer=m.get("downstream_weights", "teacher"),
+                                   trusted=m.get("trust_checkpoint", False))
             for use in uses:
                 if use == "encoder":
                     formats.encoder_source(ckpt)

@@ -58,7 +58,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read(path: Path) -> tuple[dict, str]:
+def _read(path: Path, trusted: bool) -> tuple[dict, str]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if _is_safetensors(path):
@@ -68,7 +68,7 @@ def _read(path: Path) -> tuple[dict, str]:
             return load_file(path), "safetensors"
         except SafetensorError as err:
             raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {err}") from err
-    return checkpoints.load(path), "torch"
+    return checkpoints.load(path, trusted=trusted), "torch"
 
 
 def _strip(state: dict) -> dict:
@@ -105,15 +105,15 @@ def _unrecognised(path, ckpt: dict, state: dict | None) -> CheckpointError:
         f"Supported: {', '.join(FORMATS)} (see workflow/vitlandscape/formats.py and config/README.md)")
 
 
-def read(path, prefer: str = "teacher") -> Checkpoint:
+def read(path, prefer: str = "teacher", trusted: bool = False) -> Checkpoint:
     """Load a checkpoint file and recognise its format (`ckptheader.read` does so without
     reading the tensors).
 
     `prefer` picks `teacher` or `student` from an RC-MAE release checkpoint (and from
-    ours when it holds both without a `model` entry).
+    ours when it holds both without a `model` entry); `trusted`: see `checkpoints.load`.
     """
     path = Path(path)
-    ckpt, container = _read(path)
+    ckpt, container = _read(path, trusted)
     return recognise(ckpt, path, container, prefer)
 
 

@@ -134,7 +134,8 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     prepared = data.load_prepared(data_path)
     objective = objectives.build(settings["objective"], start, settings, prepared, ls["batch_size"],
                                  ls["mask_seed"], device, ls["precision"])
-    end_model = objectives.load_model(settings["objective"], end, settings)  # same arch: strict keys
+    end_settings = {**settings, "trust_checkpoint": settings.get("end_trust_checkpoint", False)}
+    end_model = objectives.load_model(settings["objective"], end, end_settings)  # same arch: strict keys
     theta0 = dict(objective.model.named_parameters())
     delta = {name: p.detach().cpu() - theta0[name].detach().cpu() for name, p in end_model.named_parameters()}
     perturbation = surface.Perturbation(objective.model, {"x": delta, "y": {}})

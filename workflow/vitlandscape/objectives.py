@@ -100,7 +100,8 @@ def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, 
     or student where the checkpoint holds both."""
     if objective not in ("pretext",) + CLASSIFICATION:
         raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
-    ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"])
+    ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"],
+                        trusted=model_cfg.get("trust_checkpoint", False))
     model = model_for(ckpt, objective, model_cfg)
     checkpoints.load_into(model, ckpt.state, what=f"checkpoint {checkpoint} ({ckpt.label})")
     return model.eval(), ckpt

@@ -75,7 +75,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     prepared = data.load_prepared(data_path)
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
-    pretrained = formats.read(checkpoint, prefer=cfg["downstream_weights"])
+    pretrained = formats.read(checkpoint, prefer=cfg["downstream_weights"], trusted=cfg.get("trust_checkpoint", False))
     print(f"pretrained checkpoint {checkpoint}: {pretrained.label}")
     hp = {**cfg[stage], "seed": cfg["seed"]}
     # In-memory data have no augmentation: their probe features are the same at every step.
