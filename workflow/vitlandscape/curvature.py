@@ -72,8 +72,12 @@ def flatness_metrics(settings: dict, data_path, checkpoint, out) -> dict:
                                        ls["perturb_1d"], ls["perturb_frozen"])
     result = {**_identity(settings, checkpoint, objective), "seed": cfg["seed"],
               "normalization": ls["normalization"], **found}
-    for sigma, rise, err in zip(found["sigmas"], found["mean_rise"], found["stderr"]):
+    for sigma, rise, err, dropped in zip(found["sigmas"], found["mean_rise"], found["stderr"],
+                                         found["nonfinite_samples"]):
         print(f"sigma {sigma:g}: loss rise {rise:.6g} +- {err:.2g} ({found['samples']} samples)")
+        if dropped:
+            print(f"WARNING: {settings['name']}/{settings['objective']} flatness at sigma {sigma:g}: {dropped} of "
+                  f"{found['samples']} perturbed losses are not finite; the rise is the mean of the others")
     write_json(result, out)
     return result
 

@@ -150,6 +150,12 @@ def display_values(values: np.ndarray, settings: dict) -> np.ndarray:
     return values
 
 
+def accuracy_percent(accuracy: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Accuracy in percent where the loss is finite, NaN (a gap) elsewhere: a non-finite loss
+    comes from non-finite or overflowing outputs, whose top-1 is not to be trusted."""
+    return np.where(np.isfinite(loss) & np.isfinite(accuracy), 100 * accuracy, np.nan)
+
+
 def value_label(settings: dict) -> str:
     label = "log10(loss)" if settings["log_scale"] else "loss"
     if settings["zmax"] is not None:
@@ -312,7 +318,7 @@ def make_accuracy_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure
         raise ValueError(f"surface of {_attr(ds, 'model')} has no accuracy")
     s = resolve_settings(settings)
     X, Y, accuracy = plot_grid(ds, "accuracy")
-    shown = np.where(np.isfinite(accuracy), 100 * accuracy, np.nan)
+    shown = accuracy_percent(accuracy, plot_grid(ds)[2])
     lo, hi = _finite_range([shown])
     scale = ColourScale(np.linspace(lo, hi, s["levels"]), Normalize(lo, hi))
     fig = _new_figure((6.4, 5.2), s)
@@ -337,7 +343,8 @@ def _draw_profile(ax, coord, loss, accuracy, xlabel: str, s: dict) -> list[Line2
     ax.set_ylabel("loss" + (f" (clipped at {s['zmax']:g})" if s["zmax"] is not None else ""))
     if accuracy is not None:
         twin = ax.twinx()
-        handles += twin.plot(coord, 100 * accuracy, marker=".", linestyle="--", color="C1", label="accuracy")
+        handles += twin.plot(coord, accuracy_percent(accuracy, loss), marker=".", linestyle="--", color="C1",
+                             label="accuracy")
         twin.set_ylabel("accuracy (%)")
     return handles
 

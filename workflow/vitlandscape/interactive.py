@@ -67,13 +67,18 @@ def write_html(ds: xr.Dataset, path: Path | str, settings: dict | None = None) -
 
 
 def make_structured_grid(ds: xr.Dataset, settings: dict | None = None) -> pv.StructuredGrid:
-    """Points (alpha, beta, height) with height = loss clipped at zmax, 0 where not finite;
-    point data ``loss`` (raw) and ``accuracy`` when present. Point k = i + len(alpha) * j."""
+    """Points (alpha, beta, height) with height = loss clipped at zmax; where the loss is not
+    finite the height is NaN and the point hidden (VTK blanking: ParaView leaves out the cells
+    around it and keeps it out of the bounds). Point data ``loss`` (raw) and ``accuracy`` when
+    present. Point k = i + len(alpha) * j."""
     s = resolve_settings(settings)
     alpha, beta = np.meshgrid(ds["alpha"].values, ds["beta"].values, indexing="ij")
     loss = ds["loss"].transpose("alpha", "beta").values.astype(float)
-    height = np.nan_to_num(clip_values(loss, s), nan=0.0)
+    height = clip_values(loss, s)
     grid = pv.StructuredGrid(alpha[..., None], beta[..., None], height[..., None])
+    gaps = np.flatnonzero(np.isnan(height.ravel(order="F")))
+    if gaps.size:
+        grid.hide_points(gaps)
     grid.point_data["loss"] = loss.ravel(order="F")
     if "accuracy" in ds:
         grid.point_data["accuracy"] = ds["accuracy"].transpose("alpha", "beta").values.ravel(order="F")

@@ -89,7 +89,8 @@ def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: s
     _fail_once_for_tests(f"{settings['name']}.{settings['objective']}.{tile}")
     ds = tiles.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
     write_netcdf(ds, out)
-    print(f"tile {tile}: {loss.size} points, loss {np.nanmin(loss):.4f} .. {np.nanmax(loss):.4f} -> {out}")
+    print(f"tile {tile}: {loss.size} points, loss {tiles.finite_range(loss)} -> {out}")
+    tiles.warn_nonfinite(ds, f"{settings['name']}/{settings['objective']} tile {tile}")
     return ds
 
 
@@ -153,7 +154,8 @@ def _write_path(losses, accs, coords, dim: str, attrs: dict, out) -> xr.Dataset:
     data_vars = {"loss": ((dim,), losses)}
     if not np.all(np.isnan(accs)):
         data_vars["accuracy"] = ((dim,), accs)
-    ds = xr.Dataset(data_vars, coords={dim: coords}, attrs=attrs)
+    ds = xr.Dataset(data_vars, coords={dim: coords}, attrs={**attrs, **tiles.nonfinite_counts(losses)})
     write_netcdf(ds, out)
-    print(f"{out}: {len(coords)} points, loss {np.nanmin(losses):.4f} .. {np.nanmax(losses):.4f}")
+    print(f"{out}: {len(coords)} points, loss {tiles.finite_range(losses)}")
+    tiles.warn_nonfinite(ds, str(out))
     return ds

@@ -5,6 +5,7 @@ summary table and the findings table (findings.py). Imports neither torch nor ti
 import json
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from vitlandscape import basins, findings
@@ -16,13 +17,22 @@ IDENTITY = ("model", "method", "objective", "checkpoint", "checkpoint_sha256", "
 
 def surface_measures(ds: xr.Dataset, cfg: dict) -> dict:
     """Basins (relative and absolute levels), convex region and sharpness of one surface;
-    `cfg` is the config's `metrics` section."""
+    `cfg` is the config's `metrics` section. `nonfinite_points` counts the grid points whose
+    loss is not finite, which every measure leaves out (basins.py)."""
     loss, alpha, beta = ds.loss.values, ds.alpha.values, ds.beta.values
-    return {"centre_loss": float(loss[basins.centre_index(alpha, beta)]),
+    return {"centre_loss": basins.centre_loss(loss, alpha, beta),
+            "nonfinite_points": int((~np.isfinite(loss)).sum()),
             "relative_basins": basins.relative_basins(loss, alpha, beta, cfg["relative_rises"]),
             "absolute_basins": basins.absolute_basins(loss, alpha, beta, cfg["absolute_rises"]),
             "convex_region": basins.convex_region(loss, alpha, beta),
             "sharpness": [basins.sharpness(loss, alpha, beta, rho) for rho in cfg["sharpness_rho"]]}
+
+
+def _measures(ds: xr.Dataset, cfg: dict, surface_path) -> dict:
+    try:
+        return surface_measures(ds, cfg)
+    except ValueError as e:  # a centre without a finite loss, a circle off the grid: name the surface
+        raise ValueError(f"surface {surface_path} ({ds.attrs['model']}/{ds.attrs['objective']}): {e}") from e
 
 
 def _read(path) -> dict | None:
@@ -49,7 +59,7 @@ def surface_metrics(surface_path, hessian_path, flatness_path, cfg: dict) -> dic
               "parameters": (measured["hessian"] or {}).get("parameters"),
               "hessian": _without(measured["hessian"], IDENTITY + ("centre_loss",)),
               "flatness": _without(measured["flatness"], IDENTITY),  # its centre_loss scales its rises
-              "surface": surface_measures(ds, cfg)}
+              "surface": _measures(ds, cfg, surface_path)}
     result["centre_loss"] = source.get("centre_loss", result["surface"]["centre_loss"])
     return result
 

@@ -5,6 +5,11 @@ assemble job reads and writes files only.
 Surface contract (`xarray.open_zarr(...)`): variable `loss(alpha, beta)` (+ `accuracy` for
 classification objectives), `loss[i, j] = L(theta + alpha[i] * dx + beta[j] * dy)`,
 chunks = tiles, provenance in the attributes.
+
+Non-finite losses (a far point where the model diverges) are stored as computed, never
+replaced. Every tile, surface and 1-D path counts them in its attributes (`nonfinite_counts`):
+`nonfinite_points` = `nan_points` + `inf_points` (either sign), and its job log gets one
+warning line (`warn_nonfinite`); figures draw them as gaps and metrics leave them out.
 """
 import hashlib
 import json
@@ -31,11 +36,33 @@ def config_hash(settings: dict) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
+def nonfinite_counts(loss) -> dict:
+    """Attributes counting the losses that are NaN or infinite."""
+    loss = np.asarray(loss)
+    nan, inf = int(np.isnan(loss).sum()), int(np.isinf(loss).sum())
+    return {"nonfinite_points": nan + inf, "nan_points": nan, "inf_points": inf}
+
+
+def warn_nonfinite(ds: xr.Dataset, label: str) -> None:
+    """One warning line in the job log when some of `ds`'s losses are not finite."""
+    if ds.attrs["nonfinite_points"]:
+        points = "grid points" if ds.loss.ndim == 2 else "points"
+        print(f"WARNING: {label}: {ds.attrs['nonfinite_points']} of {ds.loss.size} {points} have a non-finite "
+              f"loss ({ds.attrs['inf_points']} inf, {ds.attrs['nan_points']} NaN); figures and metrics leave them out")
+
+
+def finite_range(loss) -> str:
+    """'min .. max' of the finite losses, for a log line."""
+    finite = np.asarray(loss)[np.isfinite(loss)]
+    return f"{finite.min():.4f} .. {finite.max():.4f}" if finite.size else "none finite"
+
+
 def tile_dataset(loss, acc, alphas, betas, attrs: dict) -> xr.Dataset:
     data = {"loss": (("alpha", "beta"), loss)}
     if not np.all(np.isnan(acc)):
         data["accuracy"] = (("alpha", "beta"), acc)
-    ds = xr.Dataset(data, coords={"alpha": np.asarray(alphas), "beta": np.asarray(betas)}, attrs=attrs)
+    ds = xr.Dataset(data, coords={"alpha": np.asarray(alphas), "beta": np.asarray(betas)},
+                    attrs={**attrs, **nonfinite_counts(loss)})
     return describe(ds)
 
 
@@ -107,6 +134,6 @@ def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr
                 "config_hash": config_hash(settings)}
     ds = join(tile_files, ls["alpha"], ls["beta"], ls["tile"], out, expected)
     centre = ds.loss.sel(alpha=0, beta=0, method="nearest").item()
-    print(f"{out}: {ds.loss.shape} grid, centre loss {centre:.4f}, "
-          f"range {np.nanmin(ds.loss.values):.4f} .. {np.nanmax(ds.loss.values):.4f}")
+    print(f"{out}: {ds.loss.shape} grid, centre loss {centre:.4f}, range {finite_range(ds.loss.values)}")
+    warn_nonfinite(ds, f"{ds.attrs['model']}/{ds.attrs['objective']}")
     return ds
