@@ -251,7 +251,7 @@ EVERY_STAGE = set(STAGE_RULES)
 MODEL_STAGES = {"train", "landscape", "metrics"}
 DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "outputs.py": MODEL_STAGES | {"metrics_tables"},
+    "__init__.py": EVERY_STAGE, "outputs.py": DATA_STAGES | {"table", "metrics_tables"},
     "checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
     "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "formats.py": MODEL_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,

@@ -98,3 +98,17 @@ def test_trust_checkpoint_reaches_the_jobs_of_that_model_only(tmp_path, default_
         if '"name":"rcmae"' in c and "--settings" in c:
             assert '"trust_checkpoint":true' in c, c[:200]
     assert any("vitlandscape interpolate" in c and '"end_trust_checkpoint":true' in c for c in trusting)
+
+
+def test_cuda_without_a_gpu_stops_a_local_run_before_any_job(tmp_path, default_config):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = copy.deepcopy(default_config)
+    config["landscape"]["device"] = "cuda"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "--cores", "1", "--configfile", str(path), snakefile_dir=ROOT)
+    assert run.returncode != 0
+    assert "landscape.device: 'cuda' requested, but no GPU is visible to torch" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()

@@ -29,6 +29,16 @@ _problems = configcheck.problems(config)
 if _problems:
     raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
 
+
+# `cuda` where torch sees no GPU, before any job: only when jobs run here (a cluster's submit
+# host often has no GPU while its nodes do; there each job checks its own device). Snakemake
+# knows the executor only once the run starts, hence onstart rather than the parse.
+onstart:
+    if workflow.local_exec:
+        _device_problems = configcheck.device_problems(config)
+        if _device_problems:
+            raise WorkflowError("invalid config:\n  " + "\n  ".join(_device_problems))
+
 MODELS = config["models"]
 DATASET = config["data"]["dataset"]
 DATA_FILE = f"results/data/{DATASET}.pt"

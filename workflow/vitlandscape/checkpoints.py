@@ -8,13 +8,12 @@ argparse.Namespace (the official releases keep their training arguments in one).
 that needs anything else is refused, unless the config trusts it (`trust_checkpoint`).
 """
 import argparse
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from vitlandscape import outputs
 
 
 class CheckpointError(ValueError):
@@ -22,17 +21,18 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temporary file beside `path`, then rename: never a half-written file,
+    and a previous `path` stays whole when the write fails (outputs.replacing). torch reports
+    a short write (a full disk) as a bare RuntimeError; the save is then redone through a
+    Python file, which surfaces the OS error, so that the message says what went wrong."""
+    with outputs.replacing(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            if "unexpected pos" not in str(err) and "write failed" not in str(err):
+                raise
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
 
 
 def load(path, mmap: bool = False, trusted: bool = False) -> dict:

@@ -4,6 +4,7 @@ Settings arrive as JSON, inline or as `@file.json`: the Snakemake rules pass exa
 part of the validated config that a stage depends on.
 """
 import argparse
+import errno
 import json
 from pathlib import Path
 
@@ -200,8 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Settings behind a stage's --device, for the message when it asks for a GPU this machine lacks.
+DEVICE_KEYS = {**dict.fromkeys(("pretrain", "probe", "finetune", "evaluate"), "device"),
+               **dict.fromkeys(("bench", "bench-grid", "plan"), "--device")}
+WRITE_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
+OUTPUT_ARGS = ("out", "out_dir", "prefix", "html", "vts", "metrics", "json")  # named when the error names no file
+
+
 def main(argv=None) -> None:
+    """Run one stage. A result that cannot be written (outputs.OutputError; a full disk, a quota,
+    a read-only or forbidden folder elsewhere) and a GPU this machine lacks end the stage with one
+    line and exit status 1; every other error keeps its traceback."""
     args = build_parser().parse_args(argv)
+    from vitlandscape.devices import DeviceError
+    from vitlandscape.outputs import OutputError
+    try:
+        _run(args)
+    except DeviceError as err:
+        err.key = DEVICE_KEYS.get(args.stage, "landscape.device")
+        raise SystemExit(f"vitlandscape {args.stage}: {err}") from None
+    except OSError as err:
+        if not isinstance(err, OutputError) and err.errno not in WRITE_ERRNOS:
+            raise
+        where = err.filename or " / ".join(str(v) for k, v in vars(args).items() if k in OUTPUT_ARGS and v)
+        verb = "access" if err.errno == errno.EACCES and not isinstance(err, OutputError) else "write"  # maybe a read
+        raise SystemExit(f"vitlandscape {args.stage}: cannot {verb} {where}: {err.strerror}") from None
+
+
+def _run(args) -> None:
     # Stages that only read and write files import neither torch nor timm (2 to 4 s a job).
     if args.stage == "plan":  # counts from the config: torch is imported only to measure
         _plan(args)

@@ -208,6 +208,23 @@ def _axis_problems(config: dict) -> list[str]:
             if spec[0] > spec[1] or (spec[0] == spec[1] and spec[2] > 1)]
 
 
+def device_problems(config: dict) -> list[str]:
+    """`cuda` requested where torch sees no GPU, for a run whose jobs run on this machine
+    (on a cluster the submitting host often has none while the nodes do: the workflow asks
+    only when it executes locally, and each job checks again in devices.resolve). Imports
+    torch only when some device is cuda."""
+    wanted = [key for key, value in (("device", config["device"]), ("landscape.device", config["landscape"]["device"]))
+              if value == "cuda"]
+    if not wanted:
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return [f"{key}: 'cuda' requested, but no GPU is visible to torch on this machine (torch.cuda.is_available() "
+            f"is False); expected cpu or auto here, or run on a GPU node (snakemake --profile slurm)" for key in wanted]
+
+
 def problems(config: dict) -> list[str]:
     """What the schema cannot check, on a validated config (defaults filled)."""
     data = config["data"]

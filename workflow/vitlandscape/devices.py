@@ -1,27 +1,48 @@
-"""Device and arithmetic precision shared by training and landscape stages."""
+"""Device and arithmetic precision shared by training and landscape stages. torch is imported
+where it is used, so that the command line can name a DeviceError without importing torch."""
 import contextlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def resolve(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' fails clearly without a GPU."""
+class DeviceError(RuntimeError):
+    """A device this machine cannot provide. `key` names the setting that asked for it (the
+    command line sets it from the stage: `device` for training, `landscape.device` for the
+    landscape and curvature stages, `--device` for bench and plan)."""
+
+    def __init__(self, value: str, key: str = "device"):
+        super().__init__(value, key)
+        self.value, self.key = value, key
+
+    def __str__(self) -> str:
+        return (f"{self.key}: {self.value!r} requested, but torch sees no CUDA device on this machine "
+                f"(torch.cuda.is_available() is False); use cpu, or run on a GPU node")
+
+
+def resolve(name: str, key: str = "device") -> "torch.device":
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a DeviceError naming `key`."""
+    import torch
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{key}: unknown device {name!r}; use auto, cpu or cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+        raise DeviceError(name, key)
     return torch.device(name)
 
 
 @contextlib.contextmanager
-def precision(name: str, device: torch.device):
+def precision(name: str, device: "torch.device"):
     """Forward passes inside run in `name`: fp32; tf32 (float32 matmuls and convolutions
     on TF32 tensor cores, CUDA only: on a CPU it is fp32); bf16 (autocast, CUDA and CPU).
     Callers keep their sums in float64 either way."""
+    import torch
+
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
     if name == "bf16":

@@ -1,26 +1,86 @@
-"""Result files: small ones written atomically (a temporary file, then a rename), so that a
-job killed mid-write never leaves a truncated result behind, and the hash that records which
-file a result was made from. Imports neither torch nor timm."""
+"""Result files: written atomically (a temporary beside the result, then a rename), so that a
+job killed mid-write or a full disk never leaves a truncated result behind, and the hash that
+records which file a result was made from. Imports neither torch nor timm."""
+import contextlib
+import errno
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 
-def write_json(obj, path) -> None:
+class OutputError(OSError):
+    """A result that could not be written: the OS error's errno and reason, `filename` the result."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`, or None: `err` itself, or the one a RuntimeError was raised
+    while handling (torch reports a failed write into a Python file that way)."""
+    if isinstance(err, OSError):
+        return err
+    if isinstance(err, RuntimeError) and isinstance(err.__cause__ or err.__context__, OSError):
+        return err.__cause__ or err.__context__
+    return None
+
+
+def output_error(path: Path, err: OSError) -> OutputError:
+    """`err` as an OutputError naming the result `path`; a file standing where a folder is
+    needed is named."""
+    if isinstance(err, OutputError):
+        return err
+    reason = err.strerror or str(err)
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            reason = f"{blocker} is a file, not a folder"
+    return OutputError(err.errno, reason, str(path))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing(path, directory: bool = False):
+    """Yield a temporary path beside `path` (same file system, so the rename is atomic) to
+    write the result into; when the block succeeds it becomes `path`. When it fails the
+    temporary is removed and a previous `path` stays as it was; an OS error (no space left,
+    permission denied, read-only file system, a file where a folder should be) is raised as
+    an OutputError naming `path`. `directory`: the result is a folder (a Zarr store)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)  # left over from a killed job
+        yield tmp
+        if directory:
+            _remove(path)
+        tmp.replace(path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # nothing to remove where nothing could be written
+            _remove(tmp)
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        raise output_error(path, cause) from err
+
+
+def write_json(obj, path) -> None:
+    text = json.dumps(obj, indent=2) + "\n"  # serialised first: an unserialisable object writes nothing
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_netcdf(ds, path) -> None:
     """Write a small xarray dataset as netCDF, atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.to_netcdf(tmp, engine="scipy")
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        ds.to_netcdf(tmp, engine="scipy")
 
 
 def sha256(path) -> str:

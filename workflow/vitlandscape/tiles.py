@@ -13,14 +13,13 @@ warning line (`warn_nonfinite`); figures draw them as gaps and metrics leave the
 """
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from vitlandscape import grid
-from vitlandscape.outputs import sha256
+from vitlandscape.outputs import replacing, sha256
 
 # Attributes every tile of one surface must agree on (checked at assembly).
 PROVENANCE = ("model", "method", "objective", "checkpoint", "checkpoint_sha256", "directions_sha256",
@@ -116,14 +115,11 @@ def join(tile_files, alpha_spec, beta_spec, tile, out, expected: dict) -> xr.Dat
 
 
 def write_zarr(ds: xr.Dataset, out, chunks) -> None:
-    """Write to a temporary store beside `out`, then move it into place."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write to a temporary store beside `out`, then move it into place; a failed write
+    (a full disk) removes the temporary and leaves a previous `out` as it was."""
     encoding = {name: {"chunks": chunks} for name in ds.data_vars}
-    ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out, directory=True) as tmp:
+        ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
 
 
 def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr.Dataset:
