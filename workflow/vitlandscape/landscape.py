@@ -80,11 +80,27 @@ def _fail_once_for_tests(key: str) -> None:
         raise RuntimeError(f"VITLANDSCAPE_FAIL_ONCE: first attempt of tile {key} fails on purpose")
 
 
+def _sigkill_midway_for_tests(objective, key: str, points: int) -> None:
+    """Test hook: with VITLANDSCAPE_SIGKILL=tile:<key>[@group], the tile's job kills itself with
+    SIGKILL once half of its `points` are computed (tiles.sigkill_for_tests); unset, nothing happens."""
+    if os.environ.get("VITLANDSCAPE_SIGKILL", "").split("@")[0] != f"tile:{key}":
+        return
+    evaluate, done = objective.evaluate, []
+
+    def counting():
+        if len(done) >= points // 2:
+            tiles.sigkill_for_tests(f"tile:{key}")
+        done.append(1)
+        return evaluate()
+    objective.evaluate = counting
+
+
 def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: str, out) -> xr.Dataset:
     ls = settings["landscape"]
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
     sa, sb = grid.tile_slices(tile, ls["alpha"], ls["beta"], ls["tile"])
     alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
+    _sigkill_midway_for_tests(objective, f"{settings['name']}.{settings['objective']}.{tile}", len(alphas) * len(betas))
     loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
     _fail_once_for_tests(f"{settings['name']}.{settings['objective']}.{tile}")
     ds = tiles.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})

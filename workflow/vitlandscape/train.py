@@ -5,6 +5,8 @@ parameters (biases, norm scales), as the MAE recipes do.
 """
 import copy
 import math
+import os
+import signal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,8 @@ def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None) -> lis
             if after_step is not None:
                 after_step(step, total)
             losses.append(loss.item())
+            if os.environ.get("VITLANDSCAPE_SIGKILL") == f"{desc}@step{step}":  # test hook: crash mid-training
+                os.kill(os.getpid(), signal.SIGKILL)  # (tests/test_restarts.py); inert when unset
             step += 1
         history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", refresh=False)
