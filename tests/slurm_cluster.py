@@ -211,6 +211,28 @@ StorageLoc=slurm_acct_db
                 except ProcessLookupError:
                     pass
         self.pids.clear()
+        # A job whose batch script was cancelled can leave children behind (a job group's
+        # Snakemake, reparented to init); they carry this cluster's SLURM_CONF and a job id.
+        for pid in self._job_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _job_processes(self) -> list[int]:
+        """PIDs of processes that run inside a job of this cluster."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone, or not ours to read
+                continue
+            if mine in environ and any(v.startswith(b"SLURM_JOB_ID=") for v in environ):
+                found.append(int(entry.name))
+        return found
 
     def __enter__(self) -> "SlurmCluster":
         try:
