@@ -2,6 +2,7 @@
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,24 @@ def snakemake(workdir: Path, *args: str, snakefile_dir: Path | None = None) -> s
     directory = [] if snakefile_dir is None else ["--directory", str(workdir)]
     return subprocess.run([sys.executable, "-m", "snakemake", *args, *directory], cwd=snakefile_dir or workdir,
                           env=env, capture_output=True, text=True, timeout=1800)
+
+
+def copy_workflow(dest: Path, *extra: str) -> Path:
+    """A copy of the workflow (Snakefile, workflow/, config/, envs/ and `extra` folders) in
+    `dest`, so that a test's edits and results cannot touch the repository."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Snakefile", dest)
+    for folder in ("workflow", "config", "envs", *extra):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def summary(workdir: Path) -> list[dict]:
+    """`snakemake --summary` as one dict per output (output_file, rule, status, ...)."""
+    run = snakemake(workdir, "--summary")
+    assert run.returncode == 0, run.stderr[-3000:]
+    header, *rows = [line.split("\t") for line in run.stdout.splitlines() if "\t" in line]
+    return [dict(zip(header, row)) for row in rows]
 
 
 def planned_jobs(workdir: Path, *args: str, **kwargs) -> list[tuple[str, dict]]:

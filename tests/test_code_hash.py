@@ -6,7 +6,6 @@ dry run then plans, or `--summary` marks "params changed", is what the change re
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import ROOT, planned_jobs, snakemake
+from conftest import ROOT, copy_workflow, planned_jobs, snakemake, summary
 from vitlandscape import codehash
 
 LIBRARY = ROOT / "workflow" / "vitlandscape"
@@ -102,20 +101,10 @@ def per_surface(rules, surfaces, tiles=()) -> list:
     return jobs + [("surface_tile", {"model": m, "objective": o, "tile": t}) for m, o in surfaces for t in tiles]
 
 
-def summary(workdir) -> list[dict]:
-    run = snakemake(workdir, "--summary")
-    assert run.returncode == 0, run.stderr[-3000:]
-    header, *rows = [line.split("\t") for line in run.stdout.splitlines() if "\t" in line]
-    return [dict(zip(header, row)) for row in rows]
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A copy of the workflow with every output a placeholder, recorded as up to date."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    shutil.copy(ROOT / "Snakefile", workdir)
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     for row in summary(workdir):
         path = workdir / row["output_file"]
         if path.suffix == ".zarr":  # the surfaces are directory() outputs

@@ -23,7 +23,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import ROOT, snakemake
+from conftest import copy_workflow, snakemake
 
 TARGET = "results/surfaces/mae/pretext.zarr"
 TILES = "results/surfaces/mae/pretext/tiles"
@@ -90,10 +90,7 @@ def crashed(result: subprocess.CompletedProcess, group: bool, rule: str = "") ->
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("reference")
-    shutil.copy(ROOT / "Snakefile", workdir)
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = copy_workflow(tmp_path_factory.mktemp("reference"))
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     result = run(workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]

@@ -25,7 +25,7 @@ import xarray as xr
 import yaml
 
 import slurm_cluster
-from conftest import ROOT
+from conftest import ROOT, copy_workflow
 
 TARGETS = ["results/surfaces/mae/pretext.zarr", "results/surfaces/sup/supervised.zarr"]
 TILES = ["a0_b0", "a0_b1", "a1_b0", "a1_b1"]
@@ -47,14 +47,6 @@ def small_config(device: str = "auto") -> dict:
     config["metrics"]["claims"] = []
     config["threads"] = 1
     return config
-
-
-def copy_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "Snakefile", dest)
-    for folder in ("workflow", "config", "envs", "profiles"):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
 
 
 def run(workdir: Path, *args: str, env: dict | None = None, timeout: float = RUN_TIMEOUT):
@@ -107,7 +99,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
     """A copy of the workflow, trained and with reference surfaces from a local run."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"), "profiles")
     (workdir / "config/test.yaml").write_text(yaml.safe_dump(small_config()))
     (workdir / "config/test_cuda.yaml").write_text(yaml.safe_dump(small_config("cuda")))
     local = run(workdir, "--cores", "2", *TARGETS, "--configfile", "config/test.yaml", timeout=600)
@@ -231,7 +223,7 @@ def test_profile_works_as_typed_after_make_slurm_profile(tmp_path):
     installed = home / ".config/snakemake/slurm/profile.yaml"
     assert installed.read_text() == (ROOT / "profiles/slurm/profile.yaml").read_text()
     assert str(installed) in made.stdout
-    workdir = copy_workflow(tmp_path / "clone")
+    workdir = copy_workflow(tmp_path / "clone", "profiles")
     for profile in ("slurm", "profiles/slurm"):
         plan = run(workdir, "--profile", profile, "-n", env=env, timeout=300)
         assert plan.returncode == 0, plan.stderr[-3000:]

@@ -6,7 +6,6 @@ copy's library code and config cannot touch the repository.
 import base64
 import json
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from conftest import ROOT, planned_jobs, snakemake
+from conftest import copy_workflow, planned_jobs, snakemake, summary
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +27,7 @@ SURFACES = [("mae", "pretext"), ("mae", "probe"), ("rcmae", "pretext"), ("rcmae"
 
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    shutil.copy(ROOT / "Snakefile", workdir)
-    for folder in ("workflow", "config", "envs"):
-        shutil.copytree(ROOT / folder, workdir / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     run = snakemake(workdir, "--cores", "2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     return workdir, run
@@ -273,12 +269,7 @@ MODULE_STAGES = {
 def rules_with_changed_params(workdir: Path) -> set[str]:
     """Rules of the outputs whose own params (code hash included) changed, from `--summary`:
     unlike a dry run's reasons, these are not hidden by an upstream job that reruns."""
-    run = snakemake(workdir, "--summary")
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line.split("\t") for line in run.stdout.splitlines() if "\t" in line]
-    header = lines[0]
-    rule, status = header.index("rule"), header.index("status")
-    return {row[rule] for row in lines[1:] if "params changed" in row[status]}
+    return {row["rule"] for row in summary(workdir) if "params changed" in row["status"]}
 
 
 def test_editing_any_library_module_reruns_exactly_its_stages(workflow_run):

@@ -24,14 +24,12 @@ def read(path, prefer: str = "teacher", trusted: bool = False) -> formats.Checkp
 
 
 def safetensors_shapes(path: Path) -> dict | None:
-    """name -> meta tensor of a safetensors file's header; None if the file is not one (an
-    8-byte little-endian header length, then a JSON object)."""
+    """name -> meta tensor of a safetensors file's header (an 8-byte little-endian header
+    length, then a JSON object); None if the file is not one."""
+    if not formats.is_safetensors(path):
+        return None
     with open(path, "rb") as f:
-        head = f.read(9)
-        if len(head) < 9 or head[8:] != b"{":  # the rule formats.read detects safetensors by
-            return None
-        length = int.from_bytes(head[:8], "little")
-        f.seek(8)
+        length = int.from_bytes(f.read(8), "little")
         text = f.read(min(length, path.stat().st_size))
     try:
         header = json.loads(text)

@@ -51,7 +51,7 @@ class Checkpoint:
         return f"{self.format} format, {self.container} file"
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """A safetensors file starts with an 8-byte header length and then a JSON object."""
     with open(path, "rb") as f:
         head = f.read(9)
@@ -61,7 +61,7 @@ def _is_safetensors(path: Path) -> bool:
 def _read(path: Path, trusted: bool) -> tuple[dict, str]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if _is_safetensors(path):
+    if is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
