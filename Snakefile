@@ -54,4 +54,9 @@ rule all:
 
 
 onsuccess:
+    stop_warm_server()
     print(finished_message())
+
+
+onerror:
+    stop_warm_server()

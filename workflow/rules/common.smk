@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import codehash, configcheck, grid  # noqa: E402
+from vitlandscape import codehash, configcheck, grid, warmstart  # noqa: E402
 
 # Every job runs the library from this checkout through the shell function `vitlandscape`
 # (`python -m vitlandscape STAGE ...`): with the conda environment's python under
@@ -38,6 +38,17 @@ onstart:
         _device_problems = configcheck.device_problems(config)
         if _device_problems:
             raise WorkflowError("invalid config:\n  " + "\n  ".join(_device_problems))
+        if config["warm_start"]:
+            WARM_SERVER.append(warmstart.start(LIBDIR, "results/logs/warm_start.log"))
+
+
+# The warm-start server of a local run (vitlandscape/warmstart.py), stopped when the run ends.
+WARM_SERVER = []
+
+
+def stop_warm_server():
+    while WARM_SERVER:
+        warmstart.stop(WARM_SERVER.pop())
 
 MODELS = config["models"]
 DATASET = config["data"]["dataset"]

@@ -14,6 +14,8 @@ rule pretrain:
         "results/logs/pretrain/{model}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}.tsv"
+    # the longest jobs start first, so that short ones fill the cores around them
+    priority: 10
     threads: config["threads"]
     resources:
         mem_mb=8000,
@@ -45,6 +47,8 @@ rule downstream:
         "results/logs/{stage}/{model}.log",
     benchmark:
         "results/benchmarks/{stage}/{model}.tsv"
+    # the longest jobs start first, so that short ones fill the cores around them
+    priority: 10
     threads: config["threads"]
     resources:
         mem_mb=8000,
