@@ -27,6 +27,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/trajectories.smk"
 include: "workflow/rules/bench.smk"
 
 
@@ -45,6 +46,9 @@ localrules:
     compare_figures,
     spectrum_figure,
     ratio_map_figure,
+    trajectory_assemble,
+    trajectory_figures,
+    convergence_table,
 
 
 rule all:

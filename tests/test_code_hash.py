@@ -91,7 +91,19 @@ MAE = SURFACES[:2]
 TILES = ["a0_b0", "a0_b1", "a1_b0", "a1_b1"]
 COMPARISONS = [("compare_figures", {"name": n}) for n in ("mae_vs_supervised", "mae_vs_rcmae_pretext",
                                                             "mae_vs_rcmae_probe")]
-LANDSCAPE_RULES = {"directions", "surface_tile", "assemble", "line", "interpolate"}
+LANDSCAPE_RULES = {"directions", "surface_tile", "assemble", "line", "interpolate", "trajectory_plane",
+                   "trajectory_tile", "trajectory_assemble"}
+
+
+TRAJECTORY_TILES = ["a0_b0", "a1_b0"]  # 11 x 11 in tiles of 6 x 11
+
+
+def trajectory_jobs(models, groups) -> list:
+    """The jobs that follow from the pretraining snapshots of `models`; figures of `groups`."""
+    jobs = [(rule, {"model": m, "stage": "pretrain"}) for m in models
+            for rule in ("trajectory", "trajectory_plane", "trajectory_assemble")]
+    jobs += [("trajectory_tile", {"model": m, "stage": "pretrain", "tile": t}) for m in models for t in TRAJECTORY_TILES]
+    return jobs + [("trajectory_figures", {"group": g, "stage": "pretrain"}) for g in groups] + [("convergence_table", {})]
 
 
 def per_surface(rules, surfaces, tiles=()) -> list:
@@ -186,5 +198,17 @@ def test_a_rewritten_checkpoint_reruns_only_what_is_measured_on_it(finished):
                            MAE, TILES)
     expected += [("downstream", {"model": "mae", "stage": s}) for s in ("probe", "finetune")]
     expected += [("interpolate", {"name": "mae_to_rcmae"}), ("interpolation_figure", {"name": "mae_to_rcmae"})]
+    expected += trajectory_jobs(["mae"], ["mae", "mae_vs_rcmae"])
     aggregates = ["spectrum_figure", "metrics_tables", "accuracy_table", "all"]
     assert same_jobs(jobs, expected + COMPARISONS + [(rule, {}) for rule in aggregates])
+
+
+@pytest.mark.subprocess
+def test_more_snapshots_rerun_only_what_follows_from_the_snapshots(finished):
+    """The trajectory replays the training: the checkpoints, and all that is measured on them, stay."""
+    config = yaml.safe_load((finished / "config/config.yaml").read_text())
+    config["trajectories"]["snapshots"] = {"points": 20, "spacing": "log"}
+    (finished / "more.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(finished, "--configfile", str(finished / "more.yaml"))
+    expected = trajectory_jobs(["mae", "rcmae"], ["mae", "rcmae", "mae_vs_rcmae"])
+    assert same_jobs(jobs, expected + [("effective_config", {}), ("all", {})])

@@ -153,6 +153,7 @@ def test_supervised_presets(default_config):
     config["figures"]["compare"] = []
     config["metrics"]["claims"] = []
     config["landscape"]["interpolations"] = []
+    config["trajectories"] = {}
     assert configcheck.problems(validated(config)) == []
 
 

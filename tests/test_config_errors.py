@@ -124,6 +124,19 @@ CASES = [
     ("comparison of a surface not configured", at("figures.compare", [
         {"name": "p", "surfaces": ["mae/pretext", "sup/probe"]}]), "figures.compare[0] (p)",
      "surface sup/probe is not computed (known: "),
+    # -- trajectories --
+    ("trajectory of an unknown model", at("trajectories.models", ["mae", "vit"]), "trajectories.models: vit",
+     "is not a model (known: mae, rcmae, sup)"),
+    ("trajectory of a given checkpoint", both(at("models.mae.checkpoint", lambda f: f["mae_visualize.pth"]),
+                                              at("models.mae.arch", dict(TINY_ARCH))),
+     "trajectories.models: mae", "its checkpoint is given (models.mae.checkpoint)"),
+    ("probe trajectory of a supervised model", both(at("trajectories.models", ["sup"]),
+                                                    at("trajectories.stages", ["probe"]), at("trajectories.compare", [])),
+     "trajectories.models: sup", "is supervised: it has no probe stage to replay"),
+    ("compared path not replayed", at("trajectories.compare", [["mae", "sup"]]), "trajectories.compare[0]",
+     "sup is not in trajectories.models (mae, rcmae)"),
+    ("snapshot schedule of two kinds", at("trajectories.snapshots", {"every": 5, "points": 4}),
+     "trajectories.snapshots", "gives no schedule; expected {every: k} or"),
     # -- files --
     ("missing data path", both(at("data.dataset", "npz"), at("data.path", "/nonexistent/bars.npz")), "data.path",
      "/nonexistent/bars.npz does not exist"),
@@ -181,6 +194,7 @@ def test_good_configs_have_no_problems(default_config, files):
     tiny(config, "mae", checkpoint=files["mae_visualize.pth"], probe={"checkpoint": files["linprobe.pth"]})
     tiny(config, "rcmae", checkpoint=files["rcmae_release.pth"])
     tiny(config, "sup", SUP_ARCH, checkpoint=files["model.safetensors"])
+    config["trajectories"] = {}  # given checkpoints: no training to replay
     assert check(config) == []
     config["models"]["mae"].update(checkpoint=files["mae_encoder.pth"], objectives=["probe"],
                                    arch=dict(TINY_ARCH, decoder_embed_dim=64))  # the encoder use needs no decoder

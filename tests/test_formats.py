@@ -241,6 +241,7 @@ def test_config_check_refuses_an_encoder_only_checkpoint_for_pretext(tmp_path, d
     torch.save({"model": build_mae(arch).state_dict(), "args": argparse.Namespace(norm_pix_loss=True)},
                tmp_path / "full.pth")
     config["models"]["mae"]["checkpoint"] = str(tmp_path / "enc.pth")
+    config["trajectories"] = {}  # a given checkpoint has no training to replay
     problems = configcheck.problems(validated(config))
     assert len(problems) == 1 and problems[0].startswith("models.mae.checkpoint: checkpoint ")
     assert "the pretext loss needs the decoder" in problems[0]
@@ -295,6 +296,7 @@ def test_config_check_names_trust_checkpoint_for_a_file_beyond_weights(tmp_path,
     torch.save({"model": build_mae(arch).state_dict(), "note": Fraction(1, 3)}, tmp_path / "mae.pth")
     config = default_config
     config["models"]["mae"]["checkpoint"] = str(tmp_path / "mae.pth")
+    config["trajectories"] = {}  # a given checkpoint has no training to replay
     problems = configcheck.problems(validated(config))
     assert len(problems) == 1 and problems[0].startswith(f"models.mae.checkpoint: checkpoint {tmp_path / 'mae.pth'} "
                                                          "cannot be read: it holds fractions.Fraction")

@@ -53,7 +53,8 @@ def test_plan_of_a_config(default_config):
     config["data"]["eval_samples"] = 256
     result = plan.plan(config, tflops=100.0, num_classes=10)
     by_name = {s["name"]: s for s in result["surfaces"]}
-    assert set(by_name) == {"mae/pretext", "mae/probe", "rcmae/pretext", "rcmae/probe", "sup/supervised"}
+    assert set(by_name) == {"mae/pretext", "mae/probe", "rcmae/pretext", "rcmae/probe", "sup/supervised",
+                            "mae/pretrain path plane", "rcmae/pretrain path plane"}
     s = by_name["mae/probe"]
     assert (s["points"], s["tiles"], s["images"]) == (51 * 51, 9, 256)
     assert s["total_flops"] == s["flops_per_image"] * 256 * 2601
@@ -124,6 +125,24 @@ def test_training_flops_counted_by_hand():
     for t in result["training"]:
         assert t["gpu_hours"] == pytest.approx(t["flops"] / 2e12 / 3600)
     assert result["total_training_gpu_hours"] == pytest.approx(sum(t["gpu_hours"] for t in result["training"]))
+
+
+def test_trajectory_replays_and_path_planes_are_counted():
+    config = tiny_config(m=("mae", {}), r=("rcmae", {}))
+    config["trajectories"].update(models=["m", "r"], stages=["pretrain", "finetune"], alpha=[-1.0, 1.0, 5],
+                                  beta=[-1.0, 1.0, 4], tile=[3, 4])
+    result = plan.plan(config, tflops=2.0, num_classes=7, train_images=100)
+    training = {t["name"]: t["flops"] for t in result["training"]}
+    mac = 2
+    for name, per_epoch_image in (("m", 3 * mac * TINY_PRETEXT), ("r", 4 * mac * TINY_PRETEXT)):
+        assert training[f"{name}/pretrain replay"] == training[f"{name}/pretrain"] == 2 * 100 * per_epoch_image
+    assert training["r/finetune replay"] == 5 * 100 * 3 * mac * (TINY_ENCODER + TINY_HEAD)
+    planes = {s["name"]: s for s in result["surfaces"] if "plane" in s["name"]}
+    assert set(planes) == {"m/pretrain path plane", "r/pretrain path plane", "m/finetune path plane",
+                           "r/finetune path plane"}
+    eval_images = config["data"]["eval_samples"]
+    assert planes["m/pretrain path plane"]["total_flops"] == 20 * eval_images * mac * TINY_PRETEXT
+    assert planes["m/pretrain path plane"]["tiles"] == 2 and planes["m/finetune path plane"]["objective"] == "finetune"
 
 
 def test_given_checkpoints_skip_their_stages():
@@ -240,7 +259,7 @@ def test_plan_command_writes_json(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "plan.json").read_text())
-    assert result["tflops"] == 50 and len(result["surfaces"]) == 5
+    assert result["tflops"] == 50 and len(result["surfaces"]) == 7  # 5 surfaces, 2 path planes
     assert {"name", "flops_per_image", "images", "points", "total_flops", "gpu_hours"} <= set(result["surfaces"][0])
     assert "mae/pretext" in run.stdout and "GPU-hours at 50 TFLOP/s" in run.stdout
     assert [t["name"] for t in result["training"]][:3] == ["mae/pretrain", "mae/probe", "mae/finetune"]

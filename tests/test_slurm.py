@@ -45,6 +45,7 @@ def small_config(device: str = "auto") -> dict:
                                device=device)
     config["figures"]["compare"] = []
     config["metrics"]["claims"] = []
+    config["trajectories"] = {}  # its jobs run as every other training and tile job does
     config["threads"] = 1
     return config
 

@@ -21,7 +21,7 @@ from conftest import copy_workflow, planned_jobs, snakemake, summary
 pytestmark = pytest.mark.e2e
 
 FIGURE_RULES = {"surface_figures", "accuracy_figure", "compare_figures", "line_figure", "interpolation_figure",
-                "spectrum_figure"}
+                "spectrum_figure", "trajectory_figures"}
 SURFACES = [("mae", "pretext"), ("mae", "probe"), ("rcmae", "pretext"), ("rcmae", "probe"), ("sup", "supervised")]
 
 
@@ -123,6 +123,31 @@ def test_every_figure_is_a_valid_file(workflow_run):
     assert len(list(figures.rglob("*.png"))) == len(list(figures.rglob("*.pdf")))
 
 
+def test_trajectories_are_drawn_around_the_checkpoints_and_measured(workflow_run):
+    workdir, _ = workflow_run
+    figures = workdir / "results/figures/trajectories"
+    for model in ("mae", "rcmae"):
+        folder = workdir / f"results/trajectories/{model}/pretrain"
+        summary = json.loads((folder / "pca.json").read_text())
+        assert len(summary["steps"]) == 12 and summary["steps"][0] == 0 and summary["steps"][-1] == 660
+        assert summary["coords"][-1] == [0.0, 0.0] and max(abs(c) for xy in summary["coords"] for c in xy) <= 0.8
+        assert len(pd.read_csv(folder / "curve.csv")) == 660
+        assert "by 0 (relative)" in (workdir / f"results/logs/trajectory/{model}/pretrain.log").read_text()
+        plane, surface = xr.open_zarr(folder / "surface.zarr"), xr.open_zarr(workdir / f"results/surfaces/{model}/pretext.zarr")
+        assert plane.loss.shape == (11, 11) and plane.attrs["normalization"] == "pca-trajectory"
+        # both planes pass through the same trained weights, evaluated on the same images and masks
+        assert plane.loss.sel(alpha=0.0, beta=0.0).item() == surface.loss.sel(alpha=0.0, beta=0.0).item()
+    for group in ("mae", "rcmae", "mae_vs_rcmae"):
+        for kind in ("path", "curves", "distances"):
+            check_png(figures / group / f"pretrain_{kind}.png")
+            check_pdf(figures / group / f"pretrain_{kind}.pdf")
+    table = pd.read_csv(workdir / "results/metrics/convergence.csv")
+    assert set(zip(table["model"], table["target"])) == {
+        (m, t) for m, other in (("mae", "rcmae"), ("rcmae", "mae"))
+        for t in ("decrease_0.5", "decrease_0.9", "decrease_0.99", f"final_of_{other}")}
+    assert (table["quantity"] == "reconstruction_loss").all()
+
+
 def test_benchmarks_and_logs(workflow_run):
     workdir, _ = workflow_run
     benchmarks = list((workdir / "results/benchmarks").rglob("*.tsv"))
@@ -144,7 +169,8 @@ def test_report_holds_every_figure_and_table_with_its_caption(workflow_run):
     figures = {str(p.relative_to(workdir)) for p in (workdir / "results/figures").rglob("*")
                if p.suffix in (".png", ".pdf")}
     assert set(results) == figures | {"results/metrics/accuracy.csv", "results/metrics/summary.csv",
-                                      "results/metrics/findings.csv", "results/config.yaml"}
+                                      "results/metrics/findings.csv", "results/metrics/convergence.csv",
+                                      "results/config.yaml"}
     for path, entry in results.items():
         caption = entry["caption"]
         assert len(re.sub(r"<[^>]+>", "", caption).strip()) > 60 and "{{" not in caption, path
@@ -240,19 +266,25 @@ def test_changing_figure_settings_reruns_only_figures(workflow_run):
 # Which rules run each stage's code, and which stages use each library module: the
 # project's promise, written down here independently of the import graph from which
 # vitlandscape/codehash.py derives the code hashes (which this test checks).
-STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstream"}, "table": {"accuracy_table"},
-               "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate"},
-               "figures": FIGURE_RULES, "metrics": {"hessian", "flatness"}, "metrics_tables": {"metrics_tables"}}
+STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstream", "trajectory"},
+               "table": {"accuracy_table"},
+               "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate", "trajectory_plane",
+                             "trajectory_tile", "trajectory_assemble"},
+               "figures": FIGURE_RULES, "metrics": {"hessian", "flatness"}, "metrics_tables": {"metrics_tables"},
+               "convergence": {"convergence_table"}}
 EVERY_STAGE = set(STAGE_RULES)
 MODEL_STAGES = {"train", "landscape", "metrics"}
 DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "outputs.py": DATA_STAGES | {"table", "metrics_tables"},
+    "__init__.py": EVERY_STAGE, "outputs.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
     "checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
     "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "formats.py": MODEL_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,
     "objectives.py": MODEL_STAGES, "stages.py": {"train"}, "train.py": {"train"}, "rcmae.py": {"train"},
+    "recording.py": {"train"}, "snapshots.py": {"train", "landscape"}, "trajectory.py": {"landscape"},
+    "convergence.py": {"convergence"}, "curves.py": {"convergence", "figures"},
+    "trajectory_figures.py": {"figures"},
     "accuracy.py": {"table"},
     "landscape.py": {"landscape"}, "directions.py": {"landscape", "metrics"}, "grid.py": {"landscape", "metrics"},
     "surface.py": {"landscape", "metrics"}, "tiles.py": {"landscape"},

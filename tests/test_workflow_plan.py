@@ -22,7 +22,9 @@ def test_a_checkpoint_skips_pretraining(tmp_path, default_config):
     ckpt = tmp_path / "mae_visualize_vit_tiny.pth"
     arch = default_config["models"]["mae"]["arch"]
     torch.save({"model": build_mae(arch).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)}, ckpt)
-    config = copy.deepcopy(default_config)
+    trained = copy.deepcopy(default_config)
+    trained["trajectories"].update(models=["rcmae"], compare=[])  # a given checkpoint has no training to replay
+    config = copy.deepcopy(trained)
     config["models"]["mae"]["checkpoint"] = str(ckpt)
     jobs = plan(tmp_path, config)
     pretrained = {w["model"] for rule, w in jobs if rule == "pretrain"}
@@ -30,7 +32,7 @@ def test_a_checkpoint_skips_pretraining(tmp_path, default_config):
     assert {w["stage"] for rule, w in jobs if rule == "downstream" and w["model"] == "mae"} == {"probe", "finetune"}
     assert ("directions", {"model": "mae", "objective": "pretext"}) in jobs
 
-    full = plan(tmp_path, default_config)
+    full = plan(tmp_path, trained)
     assert {w["model"] for rule, w in full if rule == "pretrain"} == {"mae", "rcmae", "sup"}
     assert len(full) == len(jobs) + 1
 

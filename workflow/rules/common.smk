@@ -63,6 +63,9 @@ LANDSCAPE_GPU = 1 if LANDSCAPE["device"] == "cuda" else 0
 TILES = grid.tile_names(LANDSCAPE["alpha"], LANDSCAPE["beta"], LANDSCAPE["tile"])
 SURFACES = [(name, objective) for name, m in MODELS.items() for objective in configcheck.objectives(m)]
 INTERPOLATIONS = {i["name"]: i for i in LANDSCAPE["interpolations"]}
+TRAJECTORIES = config["trajectories"]
+TRAJECTORY_RUNS = [(name, stage) for name in TRAJECTORIES["models"] for stage in TRAJECTORIES["stages"]]
+TRAJECTORY_TILES = grid.tile_names(TRAJECTORIES["alpha"], TRAJECTORIES["beta"], TRAJECTORIES["tile"])
 FIGURES = config["figures"]
 FORMATS = FIGURES["formats"]
 COMPARISONS = {c["name"]: c for c in FIGURES["compare"]}
@@ -199,6 +202,61 @@ def interpolation_checkpoints(w):
             "end": objective_checkpoint_path(spec["end"], spec["objective"])}
 
 
+def trajectory_checkpoint(name, stage):
+    return f"results/checkpoints/{name}/{stage}.pt"
+
+
+def trajectory_inputs(w):
+    """The replayed stage's checkpoint (which the replay must reproduce) and, for a probe or
+    fine-tuning, the checkpoint it starts from."""
+    inputs = {"checkpoint": trajectory_checkpoint(w.model, w.stage)}
+    if w.stage != "pretrain":
+        inputs["pretrained"] = pretrained_path(w.model)
+    return inputs
+
+
+def trajectory_objective(name, stage):
+    if stage == "pretrain":
+        return "supervised" if MODELS[name]["method"] == "supervised" else "pretext"
+    return stage
+
+
+def trajectory_settings(w):
+    """A surface's settings with the PCA plane's grid: the tile and assembly jobs are the surface's."""
+    settings = landscape_settings(w.model, trajectory_objective(w.model, w.stage), _SURFACE_KEYS)
+    how = TRAJECTORIES["normalization"]
+    settings["landscape"].update({k: TRAJECTORIES[k] for k in ("alpha", "beta", "tile")},
+                                 normalization=f"pca-{how}", direction_seed="n/a")
+    return as_json({**settings, "trajectories": {"normalization": how}})
+
+
+def trajectory_group(group):
+    """`mae_vs_rcmae` -> [mae, rcmae]; a single model's name -> [name]."""
+    return group.split("_vs_")
+
+
+def trajectory_figure_inputs(w):
+    folders = [f"results/trajectories/{name}/{w.stage}" for name in trajectory_group(w.group)]
+    return {"surfaces": [f"{f}/surface.zarr" for f in folders], "summaries": [f"{f}/pca.json" for f in folders],
+            "curves": [f"{f}/curve.csv" for f in folders]}
+
+
+def probed_trajectories():
+    """(model, stage) of the replayed MAE / RC-MAE pretrainings whose snapshots are probed."""
+    if not TRAJECTORIES["probe_snapshots"]:
+        return []
+    return [(n, s) for n, s in TRAJECTORY_RUNS if s == "pretrain" and MODELS[n]["method"] != "supervised"]
+
+
+def trajectory_targets():
+    if not TRAJECTORY_RUNS:
+        return []
+    groups = TRAJECTORIES["models"] + ["_vs_".join(g) for g in TRAJECTORIES["compare"]]
+    return ["results/metrics/convergence.csv"] + expand(
+        "results/figures/trajectories/{group}/{stage}_{kind}.{fmt}", group=groups, stage=TRAJECTORIES["stages"],
+        kind=["path", "curves", "distances"], fmt=FORMATS)
+
+
 def self_supervised():
     return [n for n, m in MODELS.items() if m["method"] in ("mae", "rcmae")]
 
@@ -269,7 +327,7 @@ def all_targets():
             + surface_targets()
             + [f"results/lines/{name}/{objective}.nc" for name, objective in SURFACES]
             + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS]
-            + figure_targets() + ["results/config.yaml"])
+            + figure_targets() + trajectory_targets() + ["results/config.yaml"])
 
 
 def finished_message():

@@ -62,6 +62,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", required=True, help="accuracy JSON to write")
 
+    p = sub.add_parser("trajectory", help="replay a training stage, keeping its loss curve and weight snapshots")
+    _common(p)
+    _workers(p)
+    p.add_argument("--stage", dest="stage_name", required=True, choices=["pretrain", "probe", "finetune"])
+    p.add_argument("--schedule", type=json.loads, required=True, help='JSON, e.g. {"points": 12, "spacing": "log"}')
+    p.add_argument("--checkpoint", required=True, help="the stage's checkpoint, which the replay must reproduce")
+    p.add_argument("--pretrained", default=None, help="the checkpoint a probe or fine-tuning starts from")
+    p.add_argument("--snapshots", required=True, help="safetensors file of the snapshots")
+    p.add_argument("--curve", required=True, help="CSV of the loss curve, one row per step")
+
+    p = sub.add_parser("snapshot-probe", help="linear-probe accuracy of a recorded pretraining's snapshots")
+    _common(p)
+    _workers(p)
+    p.add_argument("--snapshots", required=True)
+    p.add_argument("--count", type=int, required=True, help="snapshots probed, evenly spread")
+    p.add_argument("--out", required=True, help="JSON: steps and test top-1")
+
+    p = sub.add_parser("trajectory-plane", help="PCA directions of a recorded training path, and the path on them")
+    _common(p, data=False)
+    p.add_argument("--checkpoint", required=True, help="where the path ends: the landscape's centre")
+    p.add_argument("--snapshots", required=True)
+    p.add_argument("--out", required=True, help="safetensors directions file")
+    p.add_argument("--summary", required=True, help="JSON: the path's coordinates, variance ratios, distances")
+
+    p = sub.add_parser("convergence", help="steps and seconds until each training curve has converged so far")
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    p.add_argument("--curves", nargs="+", required=True, metavar="MODEL/STAGE=CSV")
+    p.add_argument("--probes", nargs="*", default=[], metavar="MODEL/STAGE=JSON",
+                   help="snapshot-probe results of some of the curves")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("plot-trajectory", help="training paths on their PCA planes, loss curves and distances")
+    _common(p, data=False)
+    p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces of the PCA planes")
+    p.add_argument("--summaries", nargs="+", required=True, help="pca.json of each path, in the same order")
+    p.add_argument("--curves", nargs="+", required=True, help="curve CSVs, in the same order")
+    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--title", default=None)
+    p.add_argument("--prefix", required=True)
+
     p = sub.add_parser("directions", help="two filter-normalised random directions")
     _common(p, data=False)
     p.add_argument("--checkpoint", required=True)
@@ -202,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Settings behind a stage's --device, for the message when it asks for a GPU this machine lacks.
-DEVICE_KEYS = {**dict.fromkeys(("pretrain", "probe", "finetune", "evaluate"), "device"),
+DEVICE_KEYS = {**dict.fromkeys(("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"),
+                                "device"),
                **dict.fromkeys(("bench", "bench-grid", "plan"), "--device")}
 WRITE_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
 OUTPUT_ARGS = ("out", "out_dir", "prefix", "html", "vts", "metrics", "json")  # named when the error names no file
@@ -240,6 +281,10 @@ def _run(args) -> None:
         tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
+    elif args.stage == "convergence":
+        from vitlandscape import convergence
+        convergence.table(args.settings, dict(item.split("=", 1) for item in args.curves), args.out,
+                          dict(item.split("=", 1) for item in args.probes))
     elif args.stage.startswith("plot-"):
         _plot(args)
     else:
@@ -260,6 +305,9 @@ def _plot(args) -> None:
         plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
     elif args.stage == "plot-ratio-map":
         plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
+    elif args.stage == "plot-trajectory":
+        plots.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
+                                 args.prefix, args.title)
 
 
 def _compute(args) -> None:
@@ -275,9 +323,9 @@ def _compute(args) -> None:
         from vitlandscape import accuracy
         supervised = dict(item.split("=", 1) for item in args.supervised)
         accuracy.accuracy_table(args.metrics, supervised, args.out)
-    elif args.stage in ("pretrain", "probe", "finetune", "evaluate"):
+    elif args.stage in ("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"):
         _train(args)
-    elif args.stage in ("directions", "surface-tile", "line", "interpolate"):
+    elif args.stage in ("directions", "surface-tile", "line", "interpolate", "trajectory-plane"):
         _landscape(args)
     elif args.stage in ("hessian", "flatness", "ratio-map"):
         _curvature(args)
@@ -294,6 +342,12 @@ def _train(args) -> None:
     elif args.stage in ("probe", "finetune"):
         stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
                           args.device, args.workers)
+    elif args.stage == "snapshot-probe":
+        stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
+                               args.workers)
+    elif args.stage == "trajectory":
+        stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint, args.snapshots,
+                          args.curve, args.pretrained, args.device, args.workers)
     else:
         stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
                         args.workers)
@@ -307,6 +361,8 @@ def _landscape(args) -> None:
         landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
     elif args.stage == "line":
         landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
+    elif args.stage == "trajectory-plane":
+        landscape.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
     else:
         landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
 

@@ -21,6 +21,7 @@ STAGE_ENTRIES = {
     "figures": ["plots.py"],
     "metrics": ["curvature.py"],
     "metrics_tables": ["metrics.py"],
+    "convergence": ["convergence.py"],
     "bench": ["bench.py", "outputs.py", "configcheck.py"],
 }
 

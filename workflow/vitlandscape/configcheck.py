@@ -199,13 +199,47 @@ def _data_problems(data: dict) -> list[str]:
 
 def _axis_problems(config: dict) -> list[str]:
     """Every [min, max, points] axis runs upwards (one point may sit at min == max)."""
-    ls, ratio_map = config["landscape"], config["metrics"]["ratio_map"]
+    ls, ratio_map, paths = config["landscape"], config["metrics"]["ratio_map"], config["trajectories"]
     axes = {"landscape.alpha": ls["alpha"], "landscape.beta": ls["beta"], "landscape.line": ls["line"],
+            "trajectories.alpha": paths["alpha"], "trajectories.beta": paths["beta"],
             **{f"landscape.interpolations[{i}].range": spec["range"] for i, spec in enumerate(ls["interpolations"])},
             "metrics.ratio_map.alpha": ratio_map["alpha"], "metrics.ratio_map.beta": ratio_map["beta"]}
     return [f"{key}: {list(spec)} has min {spec[0]} >= max {spec[1]}; expected [min, max, points] with min < max "
             f"(min == max only with 1 point)" for key, spec in axes.items()
             if spec[0] > spec[1] or (spec[0] == spec[1] and spec[2] > 1)]
+
+
+def _trajectory_problems(config: dict) -> list[str]:
+    """Trajectories replay trainings the workflow runs: of models it trains, stages they have."""
+    paths, models = config["trajectories"], config["models"]
+    out = []
+    snapshots = paths["snapshots"]
+    if ("every" in snapshots) == ("points" in snapshots) or ("spacing" in snapshots and "every" in snapshots):
+        out.append(f"trajectories.snapshots: {snapshots} gives no schedule; expected {{every: k}} or "
+                   f"{{points: n, spacing: linear|log}}")
+    for name in paths["models"]:
+        key = f"trajectories.models: {name}"
+        if name not in models:
+            out.append(f"{key} is not a model (known: {', '.join(models)})")
+            continue
+        m = models[name]
+        if "_vs_" in name:
+            out.append(f"{key}: a model whose path is drawn cannot have '_vs_' in its name (it joins compared names)")
+        for stage in paths["stages"]:
+            if stage != "pretrain" and m["method"] == "supervised":
+                out.append(f"{key} is supervised: it has no {stage} stage to replay (trajectories.stages)")
+            elif (m["checkpoint"] if stage == "pretrain" else m[stage]["checkpoint"]) and stage != "pretrain":
+                out.append(f"{key}: its {stage} checkpoint is given (models.{name}.{stage}.checkpoint), so "
+                           f"there is no training to replay")
+            elif stage == "pretrain" and m["checkpoint"]:
+                out.append(f"{key}: its checkpoint is given (models.{name}.checkpoint), so there is no "
+                           f"pretraining to replay")
+    for i, group in enumerate(paths["compare"]):
+        for name in group:
+            if name not in paths["models"]:
+                out.append(f"trajectories.compare[{i}]: {name} is not in trajectories.models "
+                           f"({', '.join(paths['models']) or 'none'})")
+    return out
 
 
 def device_problems(config: dict) -> list[str]:
@@ -239,4 +273,4 @@ def problems(config: dict) -> list[str]:
             if s not in surfaces:
                 out.append(f"figures.compare[{i}] ({panel['name']}): surface {s} is not computed "
                            f"(known: {', '.join(sorted(surfaces))})")
-    return out + _metrics_problems(config, surfaces)
+    return out + _metrics_problems(config, surfaces) + _trajectory_problems(config)

@@ -4,14 +4,13 @@ File contract: tensors `x.<param>` and `y.<param>` with `<param>` named as in th
 state_dict; parameters that are not perturbed are absent. Metadata records the settings
 and the sha256 of the checkpoint the directions were normalised against.
 """
-import json
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from safetensors.torch import load_file, safe_open
 
-from vitlandscape.outputs import replacing
+from vitlandscape.outputs import canonical_header, replacing
 
 
 def perturbed_names(model: torch.nn.Module, perturb_1d: bool, perturb_frozen: bool) -> list[str]:
@@ -73,17 +72,6 @@ def save(directions: dict, path, metadata: dict) -> None:
     blob = safetensors.torch.save(directions, metadata={k: str(v) for k, v in metadata.items()})
     with replacing(path) as tmp:  # atomic, and a full disk is named as such
         Path(tmp).write_bytes(canonical_header(blob))
-
-
-def canonical_header(blob: bytes) -> bytes:
-    """The safetensors bytes with the JSON header's keys sorted. safetensors writes the metadata
-    from a Rust HashMap, whose order changes from process to process: the same directions would
-    get another sha256 on every run, and that sha256 goes into every tile and surface."""
-    n = int.from_bytes(blob[:8], "little")
-    text = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(text) > n:
-        raise ValueError("safetensors header grew when its keys were sorted")
-    return blob[:8] + text.ljust(n) + blob[8 + n:]
 
 
 def split(tensors: dict, source="directions") -> dict:

@@ -15,7 +15,7 @@ import xarray as xr
 
 import vitlandscape
 from vitlandscape import data, devices, directions, grid, objectives, surface, tiles
-from vitlandscape.outputs import sha256, write_netcdf
+from vitlandscape.outputs import sha256, write_json, write_netcdf
 
 def versions() -> str:
     return f"vitlandscape {vitlandscape.__version__}, torch {torch.__version__}, timm {timm.__version__}"
@@ -35,6 +35,36 @@ def make_directions(settings: dict, checkpoint, out) -> dict:
     print(f"{len(dirs) // 2} perturbed tensors, "
           f"{sum(v.numel() for k, v in dirs.items() if k.startswith('x.'))} weights -> {out}")
     return dirs
+
+
+def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_out) -> dict:
+    """The PCA plane of a recorded training path around the weights it ended at (`checkpoint`,
+    the landscape's centre): directions in the direction-file contract, over the parameters a
+    random direction would perturb, and the path's coordinates and distances (`summary_out`)."""
+    from vitlandscape import snapshots, trajectory
+    ls = settings["landscape"]
+    model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
+    print(f"checkpoint {checkpoint}: {ckpt.label}")
+    names = directions.perturbed_names(model, ls["perturb_1d"], ls["perturb_frozen"])
+    steps, states, meta = snapshots.load_snapshots(snapshots_path)
+    if meta.get("checkpoint_sha256") not in (None, sha256(checkpoint)):
+        raise ValueError(f"snapshots {snapshots_path} were recorded for checkpoint sha256 "
+                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {sha256(checkpoint)}")
+    final = {name: p.detach().float().cpu() for name, p in model.named_parameters()}
+    how = settings["trajectories"]["normalization"]
+    plane = trajectory.pca_plane(states, final, names, how)
+    summary = {"model": settings["name"], "objective": settings["objective"], "stage": meta.get("stage"),
+               **trajectory.summary(steps, plane, trajectory.path_distances(states, final, names))}
+    metadata = {"model": settings["name"], "objective": settings["objective"],
+                "checkpoint_sha256": sha256(checkpoint), "snapshots_sha256": sha256(snapshots_path),
+                "normalization": f"pca-{how}", "explained_variance_ratio": json.dumps(summary["explained_variance_ratio"]),
+                "perturb_1d": ls["perturb_1d"], "perturb_frozen": ls["perturb_frozen"]}
+    directions.save(plane["directions"], out, metadata)
+    write_json(summary, summary_out)
+    ratio = summary["explained_variance_ratio"]
+    print(f"{len(steps)} snapshots, {len(names)} tensors: PC1 {ratio[0]:.1%}, PC2 {ratio[1]:.1%} of the variance "
+          f"-> {out}, {summary_out}")
+    return summary
 
 
 def _setup(settings: dict, data_path, checkpoint, directions_path):

@@ -89,3 +89,14 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def canonical_header(blob: bytes) -> bytes:
+    """The safetensors bytes with the JSON header's keys sorted. safetensors writes the metadata
+    from a Rust HashMap, whose order changes from process to process: the same directions would
+    get another sha256 on every run, and that sha256 goes into every tile and surface."""
+    n = int.from_bytes(blob[:8], "little")
+    text = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise ValueError("safetensors header grew when its keys were sorted")
+    return blob[:8] + text.ljust(n) + blob[8 + n:]

@@ -123,15 +123,24 @@ def surfaces(config: dict, num_classes: int, rate) -> list[dict]:
     points = int(ls["alpha"][2]) * int(ls["beta"][2])
     tiles = len(grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]))
     tile_points = min(int(ls["tile"][0]), int(ls["alpha"][2])) * min(int(ls["tile"][1]), int(ls["beta"][2]))
+    paths = config["trajectories"]
+    plane_points = int(paths["alpha"][2]) * int(paths["beta"][2])
+    plane_tiles = len(grid.tile_names(paths["alpha"], paths["beta"], paths["tile"]))
+    plane_tile_points = (min(int(paths["tile"][0]), int(paths["alpha"][2]))
+                         * min(int(paths["tile"][1]), int(paths["beta"][2])))
+    grids = [(name, objective, f"{name}/{objective}", points, tiles, tile_points)
+             for name, m in config["models"].items() for objective in configcheck.objectives(m)]
+    grids += [(name, objective, f"{name}/{stage} path plane", plane_points, plane_tiles, plane_tile_points)
+              for name, stage in trajectory_runs(config)
+              for objective in [stage_forward(config["models"][name], stage)]]
     out = []
-    for name, m in config["models"].items():
-        for objective in configcheck.objectives(m):
-            flops = flops_per_image(m, objective, num_classes)
-            total = flops * images * points
-            out.append({"name": f"{name}/{objective}", "flops_per_image": flops, "images": images,
-                        "points": points, "tiles": tiles, "total_flops": total,
-                        "gpu_hours": hours(total, rate(name, objective)),
-                        "tile_gpu_hours": hours(flops * images * tile_points, rate(name, objective))})
+    for name, objective, label, n_points, n_tiles, per_tile in grids:
+        flops = flops_per_image(config["models"][name], objective, num_classes)
+        total = flops * images * n_points
+        out.append({"name": label, "model": name, "objective": objective, "flops_per_image": flops, "images": images,
+                    "points": n_points, "tiles": n_tiles, "total_flops": total,
+                    "gpu_hours": hours(total, rate(name, objective)),
+                    "tile_gpu_hours": hours(flops * images * per_tile, rate(name, objective))})
     return out
 
 
@@ -166,15 +175,24 @@ def metrics_cost(config: dict, num_classes: int, rate) -> list[dict]:
     return out
 
 
+def trajectory_runs(config: dict) -> list[tuple[str, str]]:
+    """(model, stage) of every training the trajectories replay."""
+    paths = config["trajectories"]
+    return [(name, stage) for name in paths["models"] for stage in paths["stages"]]
+
+
 def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
-    """Cost of every training stage on `images` training images per epoch."""
+    """Cost of every training stage on `images` training images per epoch, and of every replay
+    of one for its trajectory (the same training again)."""
+    runs = [(name, stage, f"{name}/{stage}") for name, m in config["models"].items() for stage in training_stages(m)]
+    runs += [(name, stage, f"{name}/{stage} replay") for name, stage in trajectory_runs(config)]
     out = []
-    for name, m in config["models"].items():
-        for stage in training_stages(m):
-            flops = stage_flops(m, stage, num_classes, images)
-            tflops = rate(name, stage_forward(m, stage))
-            out.append({"name": f"{name}/{stage}", "flops": flops, "images": images, "epochs": m[stage]["epochs"],
-                        "tflops": tflops, "gpu_hours": hours(flops, tflops)})
+    for name, stage, label in runs:
+        m = config["models"][name]
+        flops = stage_flops(m, stage, num_classes, images)
+        tflops = rate(name, stage_forward(m, stage))
+        out.append({"name": label, "flops": flops, "images": images, "epochs": m[stage]["epochs"],
+                    "tflops": tflops, "gpu_hours": hours(flops, tflops)})
     return out
 
 
@@ -200,7 +218,7 @@ def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, 
     if measured:
         result.update(device=measured["device"], precision=measured["precision"])
         for entry in result["surfaces"]:
-            name, objective = entry["name"].split("/")
+            name, objective = entry["model"], entry["objective"]
             entry["measured_images_per_s"] = measured["images_per_s"][name, objective]
             entry["measured_tflops"] = rate(name, objective)
     result["total_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["surfaces"])

@@ -69,3 +69,28 @@ def spectrum_figure(settings: dict, hessian_files, labels, prefix) -> list:
 def ratio_map_figure(settings: dict, ratio_map_file, prefix) -> list:
     """Map of |lambda_min / lambda_max| (netCDF of the ratio-map stage)."""
     return printed(figures.plot_ratio_map(open_netcdf(ratio_map_file), prefix, settings))
+
+
+def trajectory_figures(settings: dict, surface_paths, summary_files, curve_files, labels, prefix, title=None) -> list:
+    """`{prefix}_path` (the path on its PCA-plane landscape; side by side for several models),
+    `{prefix}_curves` (loss per step) and `{prefix}_distances` (travelled and left to the end)."""
+    import pandas as pd
+
+    from vitlandscape import trajectory_figures as draw
+    if not len(labels) == len(surface_paths) == len(summary_files) == len(curve_files):
+        raise ValueError(f"{len(labels)} labels for {len(surface_paths)} surfaces, {len(summary_files)} "
+                         f"summaries and {len(curve_files)} curves")
+    surfaces = [open_surface(path) for path in surface_paths]
+    summaries = {label: json.loads(Path(path).read_text()) for label, path in zip(labels, summary_files)}
+    curves = {label: pd.read_csv(path) for label, path in zip(labels, curve_files)}
+    if len(labels) == 1:
+        path_fig = draw.trajectory_figure(surfaces[0], summaries[labels[0]], title, settings)
+    else:
+        items = [(label, ds, summaries[label]) for label, ds in zip(labels, surfaces)]
+        path_fig = draw.trajectory_comparison_figure(items, title, settings)
+    # the pretext (reconstruction) loss where a curve has it, so MAE and RC-MAE compare alike
+    column = "reconstruction_loss" if all("reconstruction_loss" in c for c in curves.values()) else "loss"
+    written = figures.save_figure(path_fig, prefix, "path", settings)
+    written += figures.save_figure(draw.loss_curves_figure(curves, column, title, settings), prefix, "curves", settings)
+    written += figures.save_figure(draw.distance_figure(summaries, title, settings), prefix, "distances", settings)
+    return printed(written)

@@ -25,8 +25,14 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: flo
 
 def step_loss(student, teacher, images, mask_ratio: float, noise, consistency_weight: float):
     """MAE loss + consistency_weight * consistency loss for one batch (the student's graph)."""
+    return step_losses(student, teacher, images, mask_ratio, noise, consistency_weight)[0]
+
+
+def step_losses(student, teacher, images, mask_ratio: float, noise, consistency_weight: float):
+    """(MAE loss + consistency_weight * consistency loss with the student's graph, then the MAE
+    loss and the consistency loss detached, for the training curve)."""
     loss, pred, mask = student(images, mask_ratio, noise)
     with torch.no_grad():
         _, target, _ = teacher(images, mask_ratio, noise)  # the student's mask
     consistency = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-    return loss + consistency_weight * consistency
+    return loss + consistency_weight * consistency, loss.detach(), consistency.detach()

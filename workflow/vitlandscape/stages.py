@@ -27,7 +27,13 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
     """Train one model from scratch: MAE, RC-MAE (student + EMA teacher) or supervised ViT.
     `workers`: DataLoader processes for streamed data."""
     device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
+    ckpt = train_from_scratch(cfg, data.load_prepared(data_path), device, workers)
+    checkpoints.atomic_save(ckpt, out)
+    return ckpt
+
+
+def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None) -> dict:
+    """The checkpoint `pretrain` saves; `record` (recording.TrainingRecord) follows the training."""
     method = cfg["method"]
     hp = {**cfg["pretrain"], "seed": cfg["seed"]}
     batches = data.train_batches(prepared, "supervised" if method == "supervised" else "pretrain",
@@ -37,7 +43,7 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
         arch = resolve_arch(cfg["arch"], with_decoder=False)
         check_image_size(arch, prepared, cfg["name"])
         model = build_classifier(arch, prepared["num_classes"], head="supervised").to(device)
-        history = train.train_classifier(model, batches, hp, desc="supervised")
+        history = train.train_classifier(model, batches, hp, desc="supervised", record=record)
         top1 = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
                 "num_classes": prepared["num_classes"], "model": cpu_state(model),
@@ -47,7 +53,7 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae")
+        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae", record=record)
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
         if teacher is not None:
@@ -55,7 +61,6 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
                         model=cpu_state(teacher if cfg["downstream_weights"] == "teacher" else model))
         what = "MAE + consistency loss" if method == "rcmae" else "MAE loss"
         print(f"{method} last-epoch training {what}: {history[-1]['loss']:.4f}")
-    checkpoints.atomic_save(ckpt, out)
     return ckpt
 
 
@@ -69,24 +74,37 @@ def train_top1(model, prepared: dict, device) -> tuple[float, int]:
     return train.accuracy(model, batches), sum(len(labels) for _, labels in batches)
 
 
-def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu", workers=0) -> dict:
-    """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
-    device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
-    arch = resolve_arch(cfg["arch"], with_decoder=False)
-    check_image_size(arch, prepared, cfg["name"])
+def read_pretrained(cfg: dict, checkpoint):
     pretrained = formats.read(checkpoint, prefer=cfg["downstream_weights"], trusted=cfg.get("trust_checkpoint", False))
     print(f"pretrained checkpoint {checkpoint}: {pretrained.label}")
+    return pretrained
+
+
+def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0):
+    """`run(encoder_state, record=None) -> (model, history)`: the probe or fine-tuning of `stage`."""
+    arch = resolve_arch(cfg["arch"], with_decoder=False)
+    check_image_size(arch, prepared, cfg["name"])
     hp = {**cfg[stage], "seed": cfg["seed"]}
     # In-memory data have no augmentation: their probe features are the same at every step.
     cached = stage == "probe" and (cfg["probe"]["features"] == "cached" or not data.is_streaming(prepared))
 
-    def run(state):
+    def run(state, record=None):
         if cached:
             batches = data.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
         else:
             batches = data.train_batches(prepared, stage, hp["batch_size"], hp["seed"], workers, device)
-        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached)
+        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record)
+    return run
+
+
+def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu", workers=0) -> dict:
+    """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
+    device = devices.resolve(device)
+    prepared = data.load_prepared(data_path)
+    pretrained = read_pretrained(cfg, checkpoint)
+    run = downstream_training(cfg, stage, prepared, device, workers)
+    hp = {**cfg[stage], "seed": cfg["seed"]}
+    arch = resolve_arch(cfg["arch"], with_decoder=False)
 
     def test_top1(model):
         return train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
@@ -130,3 +148,74 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
     write_json(metrics, metrics_out)
     print(json.dumps(metrics, indent=2))
     return metrics
+
+
+# Largest relative difference (||replay - checkpoint|| / ||checkpoint|| over all weights) accepted
+# between a replayed training's final weights and the checkpoint it replays: bit-identical on the
+# same machine and thread count; other hardware or library versions move trained weights by
+# about 1e-4 (README, Reproducibility).
+REPLAY_TOLERANCE = 1e-3
+
+
+def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, snapshots_out, curve_out,
+               pretrained=None, device="cpu", workers=0) -> dict:
+    """Train `stage` (pretrain, probe or finetune) again, as its rule did, recording the loss
+    curve and weight snapshots on `schedule`: a changed schedule then never retrains the
+    checkpoint the landscapes are drawn around. The replay's final weights must reproduce
+    `checkpoint` (the stage's result); `pretrained`: the checkpoint a probe or fine-tuning starts from."""
+    from vitlandscape import recording, snapshots
+    device = devices.resolve(device)
+    prepared = data.load_prepared(data_path)
+    record = recording.TrainingRecord(schedule)
+    if stage == "pretrain":
+        train_from_scratch(cfg, prepared, device, workers, record)
+    else:
+        run = downstream_training(cfg, stage, prepared, device, workers)
+        run(formats.encoder_source(read_pretrained(cfg, pretrained)), record)
+    final = record.snapshots[record.total_steps]
+    difference = replay_difference(final, checkpoints.load(checkpoint)["model"], checkpoint)
+    print(f"{cfg['name']} {stage}: {record.total_steps} steps replayed, {len(record.snapshots)} snapshots; "
+          f"final weights differ from {checkpoint} by {difference:.3g} (relative)")
+    metadata = {"model": cfg["name"], "method": cfg["method"], "stage": stage, "schedule": json.dumps(schedule),
+                "total_steps": record.total_steps, "checkpoint": str(checkpoint),
+                "checkpoint_sha256": sha256(checkpoint), "replay_difference": difference}
+    snapshots.save_snapshots(snapshots_out, record.snapshots, metadata)
+    record.write_curve(curve_out)
+    return metadata
+
+
+def replay_difference(replayed: dict, saved: dict, checkpoint) -> float:
+    """||replayed - saved|| / ||saved|| over every weight; an error naming `checkpoint` when the
+    names differ or the difference exceeds REPLAY_TOLERANCE (another training made the file)."""
+    if set(replayed) != set(saved):
+        raise ValueError(f"the replayed training has other weights than {checkpoint}: "
+                         f"{sorted(set(replayed) ^ set(saved))[:5]}")
+    diff = sum(float((replayed[k].double() - saved[k].double()).pow(2).sum()) for k in saved) ** 0.5
+    norm = sum(float(saved[k].double().pow(2).sum()) for k in saved) ** 0.5
+    relative = diff / max(norm, 1e-30)
+    if relative > REPLAY_TOLERANCE:
+        raise ValueError(f"replaying the training does not reproduce {checkpoint} (relative difference "
+                         f"{relative:.3g} > {REPLAY_TOLERANCE:g}): was it made with other settings or data?")
+    return relative
+
+
+def snapshot_probes(cfg: dict, data_path, snapshots_path, count: int, out, device="cpu", workers=0) -> dict:
+    """Linear-probe test top-1 of `count` snapshots of a recorded pretraining (evenly spread,
+    the first and the last included), each probed as the `probe` stage probes the final encoder."""
+    from vitlandscape import snapshots
+    device = devices.resolve(device)
+    prepared = data.load_prepared(data_path)
+    steps, states, _ = snapshots.load_snapshots(snapshots_path)
+    picked = sorted({round(i * (len(steps) - 1) / max(1, count - 1)) for i in range(count)})
+    run = downstream_training(cfg, "probe", prepared, device, workers)
+    accuracies = {}
+    for i in picked:
+        model, _ = run(states[i])
+        accuracies[steps[i]] = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers,
+                                                                           device))
+        print(f"{cfg['name']} snapshot at step {steps[i]}: probe test top-1 {accuracies[steps[i]]:.4f}")
+    result = {"model": cfg["name"], "stage": "pretrain", "snapshots": str(snapshots_path),
+              "steps": list(accuracies), "test_top1": list(accuracies.values())}
+    write_json(result, out)
+    return result
+

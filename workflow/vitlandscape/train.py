@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from vitlandscape import data, progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
-from vitlandscape.rcmae import ema_momentum, ema_update, step_loss as rcmae_step_loss
+from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
 
 def learning_rate(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
@@ -31,17 +31,21 @@ def adamw(params, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=0.0, betas=betas)
 
 
-def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None) -> list[dict]:
-    """Run `hp['epochs']` epochs of AdamW on `step_loss(images, labels, step) -> loss`.
+def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None, record=None) -> list[dict]:
+    """Run `hp['epochs']` epochs of AdamW on `step_loss(images, labels, step)`, which returns the
+    loss, or (loss, parts): a dict of the loss's parts, recorded in `record`'s curve.
 
     `batches` yields one epoch of (images, labels) per iteration and has `len()` steps
     (`data.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
-    parameters' device. Returns a per-epoch history of mean loss and learning rate.
+    parameters' device. `record` (recording.TrainingRecord, watching its model): one curve row
+    a step, and its snapshots. Returns a per-epoch history of mean loss and learning rate.
     """
     optimizer = adamw(params, hp["weight_decay"])
     device = params[0].device
     total, warmup = hp["epochs"] * len(batches), hp["warmup_epochs"] * len(batches)
     history, step = [], 0
+    if record is not None:
+        record.begin(total)
     bar = progress.bar(range(hp["epochs"]), desc, unit="epoch")
     for epoch in bar:
         losses = []
@@ -50,12 +54,15 @@ def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None) -> lis
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = step_loss(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), step)
+            loss, parts = loss if isinstance(loss, tuple) else (loss, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if after_step is not None:
                 after_step(step, total)
             losses.append(loss.item())
+            if record is not None:
+                record.step(step, epoch, lr, losses[-1], parts)
             if os.environ.get("VITLANDSCAPE_SIGKILL") == f"{desc}@step{step}":  # test hook: crash mid-training
                 os.kill(os.getpid(), signal.SIGKILL)  # (tests/test_restarts.py); inert when unset
             step += 1
@@ -66,8 +73,9 @@ def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None) -> lis
 
 # ---- MAE and RC-MAE ----
 
-def pretrain_mae(model, batches, cfg: dict, rcmae: bool):
-    """MAE pretraining; with `rcmae`, an EMA teacher adds a consistency loss.
+def pretrain_mae(model, batches, cfg: dict, rcmae: bool, record=None):
+    """MAE pretraining; with `rcmae`, an EMA teacher adds a consistency loss. `record` follows
+    the weights the checkpoint's `model` keeps (for RC-MAE, per `downstream_weights`).
 
     Returns (history, teacher or None).
     """
@@ -79,19 +87,30 @@ def pretrain_mae(model, batches, cfg: dict, rcmae: bool):
         teacher = copy.deepcopy(model).eval()
         teacher.requires_grad_(False)
 
+    total = hp["epochs"] * len(batches)
+
+    def momentum(step):
+        return ema_momentum(step, total, cfg["ema_momentum"], cfg["ema_schedule"])
+
     def step_loss(x, labels, step):
         noise = torch.rand(len(x), model.patch_embed.num_patches, device=x.device)
         if teacher is None:
-            return model(x, mask_ratio, noise)[0]
-        return rcmae_step_loss(model, teacher, x, mask_ratio, noise, cfg["consistency_weight"])
+            loss = model(x, mask_ratio, noise)[0]
+            return loss, {"reconstruction_loss": loss.detach()}
+        loss, reconstruction, consistency = rcmae_step_losses(model, teacher, x, mask_ratio, noise,
+                                                              cfg["consistency_weight"])
+        return loss, {"reconstruction_loss": reconstruction, "consistency_loss": consistency,
+                      "momentum": momentum(step)}
 
     def update_teacher(step, total):
-        ema_update(teacher, model, ema_momentum(step, total, cfg["ema_momentum"], cfg["ema_schedule"]))
+        ema_update(teacher, model, momentum(step))
 
+    if record is not None:
+        record.watch(teacher if teacher is not None and cfg["downstream_weights"] == "teacher" else model)
     torch.manual_seed(cfg["seed"])
     history = fit(list(model.parameters()), step_loss, batches, hp,
                   desc="rcmae pretrain" if rcmae else "mae pretrain",
-                  after_step=update_teacher if rcmae else None)
+                  after_step=update_teacher if rcmae else None, record=record)
     return history, teacher
 
 
@@ -109,15 +128,17 @@ def accuracy(model, batches) -> float:
     return correct / count
 
 
-def train_classifier(model, batches, hp: dict, desc: str) -> list[dict]:
+def train_classifier(model, batches, hp: dict, desc: str, record=None) -> list[dict]:
     """Cross-entropy training of every parameter that trains (supervised ViT, fine-tuning)."""
     model.train()
 
     def step_loss(images, labels, step):
         return F.cross_entropy(model(images), labels)
 
+    if record is not None:
+        record.watch(model)
     torch.manual_seed(hp["seed"])
-    return fit(list(model.parameters()), step_loss, batches, hp, desc=desc)
+    return fit(list(model.parameters()), step_loss, batches, hp, desc=desc, record=record)
 
 
 def encode(model, images: torch.Tensor) -> torch.Tensor:
@@ -134,7 +155,7 @@ def cls_features(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
-def linear_probe(model, batches, hp: dict, cached: bool) -> list[dict]:
+def linear_probe(model, batches, hp: dict, cached: bool, record=None) -> list[dict]:
     """Train only the head on the frozen encoder's cls token.
 
     cached: `batches` are the training split in order, not augmented; the features are
@@ -154,14 +175,16 @@ def linear_probe(model, batches, hp: dict, cached: bool) -> list[dict]:
                 x = encode(model, x)
         return F.cross_entropy(model.head(x), labels)
 
+    if record is not None:
+        record.watch(model)
     torch.manual_seed(hp["seed"])
-    history = fit(list(model.head.parameters()), step_loss, batches, hp, desc="linear probe")
+    history = fit(list(model.head.parameters()), step_loss, batches, hp, desc="linear probe", record=record)
     model.eval()
     return history
 
 
 def downstream(mae_state: dict, arch: dict, num_classes: int, batches, hp: dict, head: str, device="cpu",
-               cached: bool = True):
+               cached: bool = True, record=None):
     """Linear probe or fine-tune (globally pooled when `hp['global_pool']`) on top of an MAE
     encoder (see `linear_probe` for `batches` and `cached`). Returns (model, history)."""
     torch.manual_seed(hp["seed"])  # the head's initialisation
@@ -169,7 +192,7 @@ def downstream(mae_state: dict, arch: dict, num_classes: int, batches, hp: dict,
     load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
     model.to(device)
     if head == "probe":
-        history = linear_probe(model, batches, hp, cached)
+        history = linear_probe(model, batches, hp, cached, record)
     else:
-        history = train_classifier(model, batches, hp, desc="fine-tune")
+        history = train_classifier(model, batches, hp, desc="fine-tune", record=record)
     return model, history
