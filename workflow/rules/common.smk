@@ -38,7 +38,8 @@ onstart:
         _device_problems = configcheck.device_problems(config)
         if _device_problems:
             raise WorkflowError("invalid config:\n  " + "\n  ".join(_device_problems))
-        if config["warm_start"]:
+        # under conda, jobs use the environment's python and packages, not this one's: no server
+        if config["warm_start"] and not _CONDA:
             WARM_SERVER.append(warmstart.start(LIBDIR, "results/logs/warm_start.log"))
 
 
