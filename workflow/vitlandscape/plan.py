@@ -229,25 +229,26 @@ def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, 
 
 def table(result: dict) -> str:
     measured = result["tflops"] is None
-    lines = [f"{'surface':24s} {'FLOP/image':>10s} {'images':>7s} {'points':>7s} {'FLOP':>10s} "
+    width = max(24, *(len(row["name"]) + 1 for part in ("surfaces", "training", "metrics") for row in result[part]))
+    lines = [f"{'surface':{width}s} {'FLOP/image':>10s} {'images':>7s} {'points':>7s} {'FLOP':>10s} "
              f"{'GPU-hours':>10s} {'per tile':>10s}" + (f" {'images/s':>9s} {'TFLOP/s':>8s}" if measured else "")]
     for s in result["surfaces"]:
-        lines.append(f"{s['name']:24s} {s['flops_per_image']:10.3g} {s['images']:7d} {s['points']:7d} "
+        lines.append(f"{s['name']:{width}s} {s['flops_per_image']:10.3g} {s['images']:7d} {s['points']:7d} "
                      f"{s['total_flops']:10.3g} {s['gpu_hours']:10.3g} {s['tile_gpu_hours']:10.3g}"
                      + (f" {s['measured_images_per_s']:9.1f} {s['measured_tflops']:8.3g}" if measured else ""))
     rate = (f"the rates measured on {result['device']} ({result['precision']})" if measured
             else f"{result['tflops']:g} TFLOP/s sustained")
     lines.append(f"total {result['total_gpu_hours']:.3g} GPU-hours at {rate}")
-    lines += ["", f"{'training':24s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} {'GPU-hours':>10s}"]
+    lines += ["", f"{'training':{width}s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} {'GPU-hours':>10s}"]
     for t in result["training"]:
-        lines.append(f"{t['name']:24s} {t['flops']:10.3g} {t['images']:9d} {t['epochs']:7d} {t['tflops']:8.3g} "
+        lines.append(f"{t['name']:{width}s} {t['flops']:10.3g} {t['images']:9d} {t['epochs']:7d} {t['tflops']:8.3g} "
                      f"{t['gpu_hours']:10.3g}")
     # a training step's backward is assumed to run at its forward's rate
     rate = "the forward rates measured" if measured else rate
     lines.append(f"total {result['total_training_gpu_hours']:.3g} GPU-hours of training at {rate}")
-    lines += ["", f"{'metrics':24s} {'HVPs':>6s} {'flatness':>9s} {'ratio map':>10s} {'FLOP':>10s} {'GPU-hours':>10s}"]
+    lines += ["", f"{'metrics':{width}s} {'HVPs':>6s} {'flatness':>9s} {'ratio map':>10s} {'FLOP':>10s} {'GPU-hours':>10s}"]
     for m in result["metrics"]:
-        lines.append(f"{m['name']:24s} {m['hessian_products']:6d} {m['flatness_evaluations']:9d} "
+        lines.append(f"{m['name']:{width}s} {m['hessian_products']:6d} {m['flatness_evaluations']:9d} "
                      f"{m['ratio_map_products']:10d} {m['total_flops']:10.3g} {m['gpu_hours']:10.3g}")
     lines.append(f"total {result['total_metrics_gpu_hours']:.3g} GPU-hours of metrics at {rate} (a Hessian-vector "
                  f"product counted as {HVP_FORWARDS} forward passes)")
