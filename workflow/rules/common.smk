@@ -51,6 +51,7 @@ def stop_warm_server():
     while WARM_SERVER:
         warmstart.stop(WARM_SERVER.pop())
 
+
 MODELS = config["models"]
 DATASET = config["data"]["dataset"]
 DATA_FILE = f"results/data/{DATASET}.pt"
@@ -216,15 +217,9 @@ def trajectory_inputs(w):
     return inputs
 
 
-def trajectory_objective(name, stage):
-    if stage == "pretrain":
-        return "supervised" if MODELS[name]["method"] == "supervised" else "pretext"
-    return stage
-
-
 def trajectory_settings(w):
     """A surface's settings with the PCA plane's grid: the tile and assembly jobs are the surface's."""
-    settings = landscape_settings(w.model, trajectory_objective(w.model, w.stage), _SURFACE_KEYS)
+    settings = landscape_settings(w.model, configcheck.stage_objective(MODELS[w.model], w.stage), _SURFACE_KEYS)
     how = TRAJECTORIES["normalization"]
     settings["landscape"].update({k: TRAJECTORIES[k] for k in ("alpha", "beta", "tile")},
                                  normalization=f"pca-{how}", direction_seed="n/a")

@@ -34,10 +34,10 @@ rule trajectory:
     conda:
         ENV
     shell:
-        "vitlandscape trajectory --stage {wildcards.stage} --settings {params.settings:q} --schedule {params.schedule:q}"
-        " --data {input.data} --checkpoint {input.checkpoint} {params.pretrained} --snapshots {output.snapshots}"
-        " --curve {output.curve} --threads {threads} --device {params.device} --workers {resources.workers}"
-        " > {log} 2>&1"
+        "vitlandscape trajectory --stage {wildcards.stage} --settings {params.settings:q}"
+        " --schedule {params.schedule:q} --data {input.data} --checkpoint {input.checkpoint} {params.pretrained}"
+        " --snapshots {output.snapshots} --curve {output.curve} --threads {threads} --device {params.device}"
+        " --workers {resources.workers} > {log} 2>&1"
 
 
 rule trajectory_plane:

@@ -31,6 +31,14 @@ def objectives(model_cfg: dict) -> list[str]:
     return model_cfg.get("objectives") or OBJECTIVES[model_cfg["method"]]
 
 
+def stage_objective(model_cfg: dict, stage: str) -> str:
+    """The objective a training stage optimises (whose forward pass it repeats, whose landscape
+    its trajectory is drawn on)."""
+    if stage == "pretrain":
+        return "supervised" if model_cfg["method"] == "supervised" else "pretext"
+    return stage
+
+
 def arch_dims(arch) -> dict:
     return PRESETS[arch] if isinstance(arch, str) else arch
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitlandscape.curves import check_curve, smoothed
+from vitlandscape.curves import check_curve, compared_column, smoothed
 from vitlandscape.outputs import replacing
 
 COLUMNS = ["model", "method", "stage", "quantity", "target", "threshold", "step", "epoch", "wall_s", "reached"]
@@ -141,8 +141,7 @@ def write_table(df: pd.DataFrame, path) -> None:
 def table(settings: dict, curve_files: dict[str, str], out, probe_files: dict[str, str] | None = None) -> pd.DataFrame:
     """convergence.csv from the curves of every replayed training (`{"model/stage": csv}`) and
     the probe accuracies of some of their snapshots (`{"model/stage": json}`, snapshot-probe):
-    models meet within a stage, on the reconstruction (pretext) loss where every curve of the
-    stage has it (MAE, RC-MAE pretraining), else on the loss trained."""
+    models meet within a stage, on `curves.compared_column`."""
     by_stage: dict[str, dict[str, pd.DataFrame]] = {}
     for key, path in curve_files.items():
         model, _, stage = key.partition("/")
@@ -154,7 +153,7 @@ def table(settings: dict, curve_files: dict[str, str], out, probe_files: dict[st
         probes.setdefault(stage, {})[model] = dict(zip(result["steps"], result["test_top1"]))
     parts = []
     for stage, curves in by_stage.items():
-        column = "reconstruction_loss" if all("reconstruction_loss" in c for c in curves.values()) else "loss"
+        column = compared_column(curves.values())
         meta = {model: {"method": settings["methods"][f"{model}/{stage}"], "stage": stage} for model in curves}
         parts.append(convergence_rows(curves, settings["fractions"], column, probes.get(stage), meta))
     result = pd.concat(parts, ignore_index=True)

@@ -43,3 +43,11 @@ def smoothed(curve: pd.DataFrame, column: str) -> np.ndarray:
     """`column` as a trailing mean over one epoch's steps (fewer at the start)."""
     values = curve[column].astype(float)
     return values.rolling(epoch_steps(curve), min_periods=1).mean().to_numpy()
+
+
+def compared_column(curves) -> str:
+    """The loss that curves of different methods meet on: the reconstruction (pretext) loss
+    where every curve has it (MAE, RC-MAE pretraining: RC-MAE's consistency term left out),
+    else the loss trained."""
+    return "reconstruction_loss" if all("reconstruction_loss" in c for c in curves) else "loss"
+

@@ -4,13 +4,11 @@ File contract: tensors `x.<param>` and `y.<param>` with `<param>` named as in th
 state_dict; parameters that are not perturbed are absent. Metadata records the settings
 and the sha256 of the checkpoint the directions were normalised against.
 """
-from pathlib import Path
 
-import safetensors.torch
 import torch
 from safetensors.torch import load_file, safe_open
 
-from vitlandscape.outputs import canonical_header, replacing
+from vitlandscape.outputs import write_safetensors
 
 
 def perturbed_names(model: torch.nn.Module, perturb_1d: bool, perturb_frozen: bool) -> list[str]:
@@ -69,9 +67,7 @@ def make(model: torch.nn.Module, seed: int, normalization: str = "filter", pertu
 
 
 def save(directions: dict, path, metadata: dict) -> None:
-    blob = safetensors.torch.save(directions, metadata={k: str(v) for k, v in metadata.items()})
-    with replacing(path) as tmp:  # atomic, and a full disk is named as such
-        Path(tmp).write_bytes(canonical_header(blob))
+    write_safetensors(directions, {k: str(v) for k, v in metadata.items()}, path)
 
 
 def split(tensors: dict, source="directions") -> dict:

@@ -3,7 +3,6 @@
 Each takes `settings`: the model's config entry plus `name`, `objective` and the
 `landscape` section, exactly as the rules pass them.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -47,17 +46,19 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     names = directions.perturbed_names(model, ls["perturb_1d"], ls["perturb_frozen"])
     steps, states, meta = snapshots.load_snapshots(snapshots_path)
-    if meta.get("checkpoint_sha256") not in (None, sha256(checkpoint)):
+    checkpoint_sha = sha256(checkpoint)
+    if meta.get("checkpoint_sha256") not in (None, checkpoint_sha):
         raise ValueError(f"snapshots {snapshots_path} were recorded for checkpoint sha256 "
-                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {sha256(checkpoint)}")
+                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {checkpoint_sha}")
     final = {name: p.detach().float().cpu() for name, p in model.named_parameters()}
     how = settings["trajectories"]["normalization"]
     plane = trajectory.pca_plane(states, final, names, how)
     summary = {"model": settings["name"], "objective": settings["objective"], "stage": meta.get("stage"),
                **trajectory.summary(steps, plane, trajectory.path_distances(states, final, names))}
     metadata = {"model": settings["name"], "objective": settings["objective"],
-                "checkpoint_sha256": sha256(checkpoint), "snapshots_sha256": sha256(snapshots_path),
-                "normalization": f"pca-{how}", "explained_variance_ratio": json.dumps(summary["explained_variance_ratio"]),
+                "checkpoint_sha256": checkpoint_sha, "snapshots_sha256": sha256(snapshots_path),
+                "normalization": f"pca-{how}",
+                "explained_variance_ratio": json.dumps(summary["explained_variance_ratio"]),
                 "perturb_1d": ls["perturb_1d"], "perturb_frozen": ls["perturb_frozen"]}
     directions.save(plane["directions"], out, metadata)
     write_json(summary, summary_out)

@@ -91,6 +91,15 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+def write_safetensors(tensors: dict, metadata: dict, path) -> None:
+    """`tensors` and `metadata` (strings) as a safetensors file, atomically and with the same
+    bytes for the same content (canonical_header). safetensors imports torch: imported here."""
+    import safetensors.torch
+    blob = safetensors.torch.save(tensors, metadata=metadata)
+    with replacing(path) as tmp:
+        Path(tmp).write_bytes(canonical_header(blob))
+
+
 def canonical_header(blob: bytes) -> bytes:
     """The safetensors bytes with the JSON header's keys sorted. safetensors writes the metadata
     from a Rust HashMap, whose order changes from process to process: the same directions would

@@ -73,13 +73,6 @@ def training_stages(m: dict) -> list[str]:
     return stages
 
 
-def stage_forward(m: dict, stage: str) -> str:
-    """The objective whose forward pass a training stage repeats (whose rate it runs at)."""
-    if stage == "pretrain":
-        return "supervised" if m["method"] == "supervised" else "pretext"
-    return stage
-
-
 def stage_flops(m: dict, stage: str, num_classes: int, images: int) -> int:
     """FLOPs of one training stage on `images` training images per epoch."""
     epochs = m[stage]["epochs"]
@@ -89,7 +82,7 @@ def stage_flops(m: dict, stage: str, num_classes: int, images: int) -> int:
         encoder_passes = 1 if m["probe"]["features"] == "cached" else epochs
         return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * 3 * 2 * dims["embed_dim"] * num_classes)
     passes = 4 if stage == "pretrain" and m["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
-    return epochs * images * passes * flops_per_image(m, stage_forward(m, stage), num_classes)
+    return epochs * images * passes * flops_per_image(m, configcheck.stage_objective(m, stage), num_classes)
 
 
 def default_train_images(config: dict) -> int | None:
@@ -108,7 +101,8 @@ def default_train_images(config: dict) -> int | None:
 def forwards(config: dict) -> list[tuple[str, str]]:
     """(model, objective) of every forward pass the plan needs a rate for: surfaces, then training."""
     pairs = [(name, o) for name, m in config["models"].items() for o in configcheck.objectives(m)]
-    pairs += [(name, stage_forward(m, s)) for name, m in config["models"].items() for s in training_stages(m)]
+    pairs += [(name, configcheck.stage_objective(m, s)) for name, m in config["models"].items()
+              for s in training_stages(m)]
     return list(dict.fromkeys(pairs))
 
 
@@ -132,7 +126,7 @@ def surfaces(config: dict, num_classes: int, rate) -> list[dict]:
              for name, m in config["models"].items() for objective in configcheck.objectives(m)]
     grids += [(name, objective, f"{name}/{stage} path plane", plane_points, plane_tiles, plane_tile_points)
               for name, stage in trajectory_runs(config)
-              for objective in [stage_forward(config["models"][name], stage)]]
+              for objective in [configcheck.stage_objective(config["models"][name], stage)]]
     out = []
     for name, objective, label, n_points, n_tiles, per_tile in grids:
         flops = flops_per_image(config["models"][name], objective, num_classes)
@@ -190,7 +184,7 @@ def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     for name, stage, label in runs:
         m = config["models"][name]
         flops = stage_flops(m, stage, num_classes, images)
-        tflops = rate(name, stage_forward(m, stage))
+        tflops = rate(name, configcheck.stage_objective(m, stage))
         out.append({"name": label, "flops": flops, "images": images, "epochs": m[stage]["epochs"],
                     "tflops": tflops, "gpu_hours": hours(flops, tflops)})
     return out
@@ -239,14 +233,16 @@ def table(result: dict) -> str:
     rate = (f"the rates measured on {result['device']} ({result['precision']})" if measured
             else f"{result['tflops']:g} TFLOP/s sustained")
     lines.append(f"total {result['total_gpu_hours']:.3g} GPU-hours at {rate}")
-    lines += ["", f"{'training':{width}s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} {'GPU-hours':>10s}"]
+    lines += ["", f"{'training':{width}s} {'FLOP':>10s} {'images':>9s} {'epochs':>7s} {'TFLOP/s':>8s} "
+                  f"{'GPU-hours':>10s}"]
     for t in result["training"]:
         lines.append(f"{t['name']:{width}s} {t['flops']:10.3g} {t['images']:9d} {t['epochs']:7d} {t['tflops']:8.3g} "
                      f"{t['gpu_hours']:10.3g}")
     # a training step's backward is assumed to run at its forward's rate
     rate = "the forward rates measured" if measured else rate
     lines.append(f"total {result['total_training_gpu_hours']:.3g} GPU-hours of training at {rate}")
-    lines += ["", f"{'metrics':{width}s} {'HVPs':>6s} {'flatness':>9s} {'ratio map':>10s} {'FLOP':>10s} {'GPU-hours':>10s}"]
+    lines += ["", f"{'metrics':{width}s} {'HVPs':>6s} {'flatness':>9s} {'ratio map':>10s} {'FLOP':>10s} "
+                  f"{'GPU-hours':>10s}"]
     for m in result["metrics"]:
         lines.append(f"{m['name']:{width}s} {m['hessian_products']:6d} {m['flatness_evaluations']:9d} "
                      f"{m['ratio_map_products']:10d} {m['total_flops']:10.3g} {m['gpu_hours']:10.3g}")

@@ -77,6 +77,7 @@ def trajectory_figures(settings: dict, surface_paths, summary_files, curve_files
     import pandas as pd
 
     from vitlandscape import trajectory_figures as draw
+    from vitlandscape.curves import compared_column
     if not len(labels) == len(surface_paths) == len(summary_files) == len(curve_files):
         raise ValueError(f"{len(labels)} labels for {len(surface_paths)} surfaces, {len(summary_files)} "
                          f"summaries and {len(curve_files)} curves")
@@ -88,8 +89,7 @@ def trajectory_figures(settings: dict, surface_paths, summary_files, curve_files
     else:
         items = [(label, ds, summaries[label]) for label, ds in zip(labels, surfaces)]
         path_fig = draw.trajectory_comparison_figure(items, title, settings)
-    # the pretext (reconstruction) loss where a curve has it, so MAE and RC-MAE compare alike
-    column = "reconstruction_loss" if all("reconstruction_loss" in c for c in curves.values()) else "loss"
+    column = compared_column(curves.values())
     written = figures.save_figure(path_fig, prefix, "path", settings)
     written += figures.save_figure(draw.loss_curves_figure(curves, column, title, settings), prefix, "curves", settings)
     written += figures.save_figure(draw.distance_figure(summaries, title, settings), prefix, "distances", settings)

@@ -14,7 +14,7 @@ from vitlandscape.snapshots import snapshot_steps
 
 class TrainingRecord:
     def __init__(self, schedule: dict | None = None):
-        """`schedule`: when to snapshot (trajectory.snapshot_steps), or None for the curve only."""
+        """`schedule`: when to snapshot (snapshots.snapshot_steps), or None for the curve only."""
         self.schedule = schedule
         self.snapshot_steps = set()
         self.total_steps = 0

@@ -8,13 +8,11 @@ a JSON list. Training code imports this module; the PCA plane of the path is in 
 import json
 import math
 import re
-from pathlib import Path
 
-import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vitlandscape.outputs import canonical_header, replacing
+from vitlandscape.outputs import write_safetensors
 
 SPACINGS = ("linear", "log")
 _NAME = re.compile(r"step(0|[1-9][0-9]*)\.(.+)", re.DOTALL)
@@ -97,9 +95,7 @@ def save_snapshots(path, states: dict, metadata: dict) -> None:
             tensors[f"step{step}.{name}"] = t.detach().to("cpu", torch.float32).contiguous()
     meta = {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     meta["steps"] = json.dumps(steps)
-    blob = safetensors.torch.save(tensors, metadata=meta)
-    with replacing(path) as tmp:  # atomic, and a full disk is named as such
-        Path(tmp).write_bytes(canonical_header(blob))
+    write_safetensors(tensors, meta, path)
 
 
 def load_snapshots(path) -> tuple[list[int], list[dict], dict]:

@@ -136,12 +136,12 @@ def trajectory_comparison_figure(items: list[tuple[str, xr.Dataset, dict]], titl
 # --- training curves ------------------------------------------------------------------
 
 
-def _draw_loss(ax, curves: dict[str, pd.DataFrame], column: str) -> list[Line2D]:
+def _draw_loss(ax, curves: dict[str, pd.DataFrame], column: str, colours: dict[str, str]) -> list[Line2D]:
     """Per curve the per-step values faint and their epoch mean solid, log y; the solid lines."""
     solid = []
-    for k, (label, curve) in enumerate(curves.items()):
-        ax.plot(curve["step"], curve[column], color=f"C{k}", alpha=RAW_ALPHA, linewidth=0.6)
-        solid += ax.plot(curve["step"], smoothed(curve, column), color=f"C{k}", linewidth=1.6,
+    for label, curve in curves.items():
+        ax.plot(curve["step"], curve[column], color=colours[label], alpha=RAW_ALPHA, linewidth=0.6)
+        solid += ax.plot(curve["step"], smoothed(curve, column), color=colours[label], linewidth=1.6,
                          label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -171,17 +171,10 @@ def loss_curves_figure(curves: dict[str, pd.DataFrame], column: str = "reconstru
     s = resolve_settings(settings)
     fig = _new_figure((11.0 if consistent else 6.4, 4.4), s)
     axes = fig.subplots(1, 2 if consistent else 1, squeeze=False)[0]
-    handles = _draw_loss(axes[0], curves, column)
+    colours = {label: f"C{k}" for k, label in enumerate(curves)}
+    handles = _draw_loss(axes[0], curves, column, colours)
     if consistent:
-        colours = {line.get_label(): line.get_color() for line in handles}
-        for label, curve in consistent.items():
-            axes[1].plot(curve["step"], curve["consistency_loss"], color=colours[label], alpha=RAW_ALPHA,
-                         linewidth=0.6)
-            axes[1].plot(curve["step"], smoothed(curve, "consistency_loss"), color=colours[label],
-                         linewidth=1.6)
-        axes[1].set_yscale("log")
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("consistency loss")
+        _draw_loss(axes[1], consistent, "consistency_loss", colours)
         _draw_momentum(axes[1], consistent, colours)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
     _suptitle(fig, title or f"Training {column.replace('_', ' ')}",

@@ -49,7 +49,7 @@ def run_via_server(argv: list[str]) -> None:
     except OSError:  # no server (not started yet, or gone): run here
         conn.close()
         return
-    reply = _read_line(conn)
+    reply = conn.makefile("rb").readline()  # b"" when the server closes without a reply
     if not reply:
         raise SystemExit(f"vitlandscape: the warm-start server at {path} ended before the job did")
     status = json.loads(reply)
@@ -58,16 +58,6 @@ def run_via_server(argv: list[str]) -> None:
             signal.signal(status["signal"], signal.SIG_DFL)
         os.kill(os.getpid(), status["signal"])
     sys.exit(status["exit"])
-
-
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
 
 
 # ---- server ----
@@ -122,7 +112,11 @@ class _Jobs:
         try:
             conn.settimeout(10)
             header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-            request = json.loads(_recv_exactly(conn, _HEADER.unpack(header)[0]))
+            size = _HEADER.unpack(header)[0]
+            body = conn.recv(size, socket.MSG_WAITALL)
+            if len(body) != size:
+                raise ValueError("the client closed the connection mid-request")
+            request = json.loads(body)
             conn.settimeout(None)
             if len(fds) != 3:
                 raise ValueError("a request carries the client's three standard streams")
@@ -205,16 +199,6 @@ def _run_stage(argv: list[str]) -> int:
         return 1
 
 
-def _recv_exactly(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise OSError("client closed the connection mid-request")
-        data += chunk
-    return data
-
-
 # ---- Snakemake's side: start and stop ----
 
 def start(libdir, log_path, timeout: float = 60.0) -> tuple:
@@ -244,10 +228,11 @@ def stop(server: tuple, timeout: float = 10.0) -> None:
     """Stop the server started by `start` (its running jobs are killed) and remove its folder."""
     process, path = server
     os.environ.pop(SOCKET_ENV, None)
+    import subprocess
     process.terminate()
     try:
         process.wait(timeout)
-    except Exception:
+    except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
     if os.path.exists(os.path.dirname(path)):  # a server that never came up
