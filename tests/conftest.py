@@ -51,6 +51,16 @@ def npz_dataset(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def data_file(tmp_path, npz_dataset) -> Path:
+    """The npz data set prepared (16 px, 32 evaluation images, a quarter held out for test)."""
+    from vitlandscape import data
+    path = tmp_path / "data.pt"
+    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+                       "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, path)
+    return path
+
+
 def make_image_folder(root: Path, classes: int, train: int, val: int, size=(30, 40), seed: int = 0) -> Path:
     """A fake ImageNet layout: `train/` and `val/` with `train` / `val` JPEGs of `size` (h, w)
     per class; each class is noise plus a bright bar at its own height, so it can be learnt."""

@@ -165,10 +165,10 @@ def test_in_memory_eval_set_is_the_indexed_training_split():
     assert torch.equal(labels, prepared["train_labels"][prepared["eval_index"]])
 
 
-@pytest.mark.parametrize("recipe", ["pretrain", "supervised", "finetune", "probe"])
-def test_training_transforms_give_normalised_crops_of_the_image_size(recipe):
+@pytest.mark.parametrize("crop_scale, hflip", [([0.2, 1.0], 0.5), ([0.08, 1.0], 0.5), (None, 0.0), (None, 1.0)])
+def test_training_transforms_give_normalised_crops_of_the_image_size(crop_scale, hflip):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 47, 3), dtype=np.uint8))
-    x = imagefolder.train_transform(16, recipe)(image)
+    x = imagefolder.train_transform(16, crop_scale, hflip)(image)
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
     assert -2.2 < x.min() and x.max() < 2.7  # (0 - mean) / std .. (1 - mean) / std
     assert imagefolder.eval_transform(224)(image).shape == (3, 224, 224)
@@ -178,7 +178,7 @@ def test_streamed_batches_are_seeded_and_independent_of_workers(folder):
     prepared = data.prepare(_cfg(dataset="imagefolder", path=str(folder), eval_samples=4))
 
     def first(seed, workers):
-        batches = data.train_batches(prepared, "pretrain", 4, seed, workers, "cpu")
+        batches = data.train_batches(prepared, {"crop_scale": [0.2, 1.0], "hflip": 0.5}, 4, seed, workers, "cpu")
         assert len(batches) == 3  # 15 images: three full batches, the last 3 dropped
         return next(iter(batches))
 

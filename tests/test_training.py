@@ -3,17 +3,9 @@
 import pytest
 import torch
 
-from vitlandscape import data, stages, train
+from vitlandscape import data, optim, stages
 from vitlandscape.models.arch import build_mae
 from conftest import make_image_folder, model_settings
-
-
-@pytest.fixture
-def data_file(tmp_path, npz_dataset):
-    path = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
-                         "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, path)
-    return path
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -76,30 +68,31 @@ def test_streamed_probe_trains_only_the_head(tmp_path, folder_file, features):
     assert 0 <= metrics["test_top1"] <= 1 and 0 <= metrics["random_init_test_top1"] <= 1
 
 
-def test_streaming_and_cached_probe_features_differ_only_for_streamed_data(tmp_path, folder_file, data_file):
+def test_cached_probe_features_are_the_streamed_ones_when_the_recipe_changes_no_image(tmp_path, folder_file,
+                                                                                      data_file):
     cfg = model_settings("mae")
     heads = {}
     for name, path in (("folder", folder_file), ("npz", data_file)):
         stages.pretrain(cfg, path, tmp_path / f"{name}_mae.pt")
-        for features in ("streaming", "cached"):
-            settings = {**cfg, "probe": {**cfg["probe"], "features": features}}
-            stages.downstream(settings, "probe", path, tmp_path / f"{name}_mae.pt", tmp_path / "p.pt",
-                              tmp_path / "p.json")
-            heads[name, features] = torch.load(tmp_path / "p.pt", weights_only=True)["model"]["head.1.weight"]
-    assert torch.equal(heads["npz", "streaming"], heads["npz", "cached"])  # no augmentation: one computation
-    assert not torch.equal(heads["folder", "streaming"], heads["folder", "cached"])
+        for recipe in ("official", "plain"):
+            for features in ("streaming", "cached"):
+                changes = {"crop_scale": None, "hflip": 0.0} if recipe == "plain" else {}
+                settings = {**cfg, "probe": {**cfg["probe"], "features": features, "recipe": changes}}
+                stages.downstream(settings, "probe", path, tmp_path / f"{name}_mae.pt", tmp_path / "p.pt",
+                                  tmp_path / "p.json")
+                heads[name, recipe, features] = torch.load(tmp_path / "p.pt", weights_only=True)["model"]["head.1.weight"]
+    for name in ("folder", "npz"):  # crop and flip (official): every step sees other features
+        assert not torch.equal(heads[name, "official", "streaming"], heads[name, "official", "cached"])
+    # in memory and no augmentation: one computation (a folder still crops the centre differently:
+    # its streamed loader resizes each image, its cached features are those of the prepared subset)
+    assert torch.equal(heads["npz", "plain", "streaming"], heads["npz", "plain", "cached"])
 
 
-def test_learning_rate_warms_up_then_decays_to_zero():
-    lrs = [train.learning_rate(step, 100, 10, 1.0) for step in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert lrs[-1] < 1e-3
-
-
-def test_weight_decay_skips_1d_parameters():
+def test_mae_pretraining_groups_decay_every_trained_tensor_of_two_dimensions():
     model = build_mae(model_settings()["arch"])
-    decay, no_decay = train.adamw(model.parameters(), 0.05).param_groups
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
-    assert not any(p is model.pos_embed for p in decay["params"] + no_decay["params"])
+    groups = optim.param_groups(model, 0.05)
+    decay = [p for g in groups if g["weight_decay"] == 0.05 for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    assert all(p.ndim >= 2 for p in decay) and all(p.ndim < 2 for p in no_decay)
+    assert any(p is model.cls_token for p in decay) and any(p is model.mask_token for p in decay)
+    assert not any(p is model.pos_embed for p in decay + no_decay)

@@ -9,18 +9,10 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape import data, directions, landscape, snapshots, stages
+from vitlandscape import directions, landscape, snapshots, stages
 from vitlandscape.models.arch import build_mae
 
-NPZ_SETTINGS = {"image_size": 16, "eval_samples": 32, "seed": 0, "test_fraction": 0.25}
 EVERY = {"every": 3}
-
-
-@pytest.fixture
-def data_file(tmp_path, npz_dataset):
-    path = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), **NPZ_SETTINGS}, path)
-    return path
 
 
 def replay(tmp_path, cfg, stage, data_file, checkpoint, schedule=EVERY, pretrained=None):

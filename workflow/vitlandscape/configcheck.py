@@ -6,7 +6,7 @@ Each problem names the config key at fault, the value and what is expected.
 import zipfile
 from pathlib import Path
 
-from vitlandscape import findings, schemaerrors
+from vitlandscape import findings, recipes, schemaerrors
 from vitlandscape.models.arch import DECODER_KEYS, PRESETS
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
@@ -73,6 +73,8 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     if wrong:
         out.append(f"{key}.objectives: {', '.join(wrong)} not available for method {m['method']} "
                    f"(choose from {', '.join(sorted(ALLOWED[m['method']]))})")
+    stages = ["pretrain"] if m["method"] == "supervised" else ["pretrain", "probe", "finetune"]
+    out += [p for stage in stages for p in recipes.problems(f"{key}.{stage}", m, stage)]
     return out + _checkpoint_problems(key, m)
 
 

@@ -188,11 +188,12 @@ def chunks(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[
     return [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
-def train_batches(prepared: dict, recipe: str, batch_size: int, seed: int, workers: int, device):
+def train_batches(prepared: dict, recipe: dict, batch_size: int, seed: int, workers: int, device):
     """Shuffled (images, labels) training batches, one epoch per iteration, `len()` of them.
 
-    Streamed folders are augmented as `recipe` ('pretrain', 'supervised', 'probe',
-    'finetune') prescribes; in-memory data sets have no augmentation.
+    Streamed folders come cropped and flipped as `recipe` (recipes.resolve) says, image by
+    image as they are decoded; in-memory data sets come as stored (batch_augmentation
+    augments those on their device).
     """
     if is_streaming(prepared):
         from vitlandscape import imagefolder

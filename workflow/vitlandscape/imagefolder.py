@@ -2,7 +2,9 @@
 
 `prepare` decodes only the seeded evaluation subset of `train/` (evaluation transform) into
 one uint8 tensor; training and accuracy read the folders batch by batch through
-torchvision's ImageFolder and a DataLoader, with the transforms of the MAE recipes. What
+torchvision's ImageFolder and a DataLoader. The loader makes the recipe's crop and flip on
+each decoded image; the rest of the recipe's augmentation works on the batch
+(batch_augmentation.py). What
 stays per file in memory is ImageFolder's list of (path, class), about 150 bytes a file.
 """
 from pathlib import Path
@@ -15,9 +17,6 @@ from torchvision.datasets import ImageFolder
 from vitlandscape import data, progress
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
-# RandomResizedCrop scale range per recipe: MAE pretraining crops from 20 % of the image up;
-# fine-tuning, linear probing and supervised training use torchvision's default.
-CROP_SCALE = {"pretrain": (0.2, 1.0), "supervised": (0.08, 1.0), "finetune": (0.08, 1.0), "probe": (0.08, 1.0)}
 _NORMALISE = [transforms.ToTensor(), transforms.Normalize(data.IMAGENET_MEAN.flatten().tolist(),
                                                           data.IMAGENET_STD.flatten().tolist())]
 
@@ -32,11 +31,13 @@ def eval_transform(size: int) -> transforms.Compose:
     return transforms.Compose([*_centre_crop(size), transforms.PILToTensor()])
 
 
-def train_transform(size: int, recipe: str) -> transforms.Compose:
-    """The recipe's augmentation (random resized crop, flip), then normalised float [3, S, S].
-    RandAugment, random erasing, mixup and cutmix of the fine-tuning recipe are left out."""
-    return transforms.Compose([transforms.RandomResizedCrop(size, scale=CROP_SCALE[recipe], interpolation=BICUBIC),
-                               transforms.RandomHorizontalFlip(), *_NORMALISE])
+def train_transform(size: int, crop_scale, hflip: float) -> transforms.Compose:
+    """A recipe's random resized crop (area fraction in `crop_scale`, bicubic; None: the
+    evaluation's centre crop) and horizontal flip (probability `hflip`), then normalised
+    float [3, S, S]."""
+    crop = (_centre_crop(size) if crop_scale is None else
+            [transforms.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=BICUBIC)])
+    return transforms.Compose([*crop, transforms.RandomHorizontalFlip(hflip), *_NORMALISE])
 
 
 def _folder(path: Path, transform=None) -> ImageFolder:
@@ -139,12 +140,12 @@ def _loader(ds, batch_size: int, workers: int, device: torch.device, **kwargs) -
                       generator=torch.Generator().manual_seed(0), **kwargs)
 
 
-def train_loader(prepared: dict, recipe: str, batch_size: int, seed: int, workers: int,
+def train_loader(prepared: dict, recipe: dict, batch_size: int, seed: int, workers: int,
                  device: torch.device) -> DataLoader:
-    """Augmented batches in a seeded order; the last incomplete batch is dropped unless it is
-    the only one (as for in-memory data)."""
+    """Batches cropped and flipped as `recipe` (recipes.resolve) says, in a seeded order; the
+    last incomplete batch is dropped unless it is the only one (as for in-memory data)."""
     images = dataset(prepared, "train", transform=None)
-    ds = SeededAugment(images, train_transform(prepared["image_size"], recipe))
+    ds = SeededAugment(images, train_transform(prepared["image_size"], recipe["crop_scale"], recipe["hflip"]))
     return _loader(ds, batch_size, workers, device, sampler=SeededShuffle(len(ds), seed),
                    drop_last=len(ds) >= batch_size)
 

@@ -11,7 +11,7 @@ torch: `vitlandscape.throughput` measures the rates that replace the assumed one
 """
 import math
 
-from vitlandscape import configcheck, grid
+from vitlandscape import configcheck, grid, recipes
 from vitlandscape.models.arch import resolve_arch
 
 MLP_RATIO = 4
@@ -79,7 +79,7 @@ def stage_flops(m: dict, stage: str, num_classes: int, images: int) -> int:
     if stage == "probe":
         # a frozen encoder (run once when its features are cached) under a trained linear head
         dims = resolve_arch(m["arch"], with_decoder=False)
-        encoder_passes = 1 if m["probe"]["features"] == "cached" else epochs
+        encoder_passes = 1 if recipes.probe_features_cached(m) else epochs
         return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * 3 * 2 * dims["embed_dim"] * num_classes)
     passes = 4 if stage == "pretrain" and m["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
     return epochs * images * passes * flops_per_image(m, configcheck.stage_objective(m, stage), num_classes)

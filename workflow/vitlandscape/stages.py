@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from vitlandscape import checkpoints, data, devices, formats, objectives, train
+from vitlandscape import checkpoints, data, devices, formats, objectives, recipes, train
+from vitlandscape.batch_augmentation import Augmentation
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.outputs import sha256, write_json
@@ -35,15 +36,17 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
 def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None) -> dict:
     """The checkpoint `pretrain` saves; `record` (recording.TrainingRecord) follows the training."""
     method = cfg["method"]
-    hp = {**cfg["pretrain"], "seed": cfg["seed"]}
-    batches = data.train_batches(prepared, "supervised" if method == "supervised" else "pretrain",
-                                 hp["batch_size"], hp["seed"], workers, device)
+    hp = recipes.resolve(cfg, "pretrain")
+    batches = data.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
+    augmentation = batch_augmentation(hp, prepared)
     torch.manual_seed(cfg["seed"])
     if method == "supervised":
         arch = resolve_arch(cfg["arch"], with_decoder=False)
         check_image_size(arch, prepared, cfg["name"])
-        model = build_classifier(arch, prepared["num_classes"], head="supervised").to(device)
-        history = train.train_classifier(model, batches, hp, desc="supervised", record=record)
+        model = build_classifier(arch, prepared["num_classes"], head="supervised",
+                                 drop_path=hp["recipe"]["drop_path"]).to(device)
+        history = train.train_classifier(model, batches, hp, desc="supervised", record=record,
+                                         augmentation=augmentation)
         top1 = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
                 "num_classes": prepared["num_classes"], "model": cpu_state(model),
@@ -53,7 +56,8 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae", record=record)
+        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae", record=record,
+                                              augmentation=augmentation)
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
         if teacher is not None:
@@ -62,6 +66,15 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         what = "MAE + consistency loss" if method == "rcmae" else "MAE loss"
         print(f"{method} last-epoch training {what}: {history[-1]['loss']:.4f}")
     return ckpt
+
+
+def batch_augmentation(hp: dict, prepared: dict) -> Augmentation | None:
+    """The recipe's augmentation of each training batch, or None when it changes nothing; a
+    streamed folder's loader has cropped and flipped each image already."""
+    if not recipes.augments(hp["recipe"]):
+        return None
+    # Its own seed: the shuffle's generator uses hp["seed"].
+    return Augmentation(hp["recipe"], prepared["num_classes"], hp["seed"] + 1, cropped=data.is_streaming(prepared))
 
 
 def train_top1(model, prepared: dict, device) -> tuple[float, int]:
@@ -84,16 +97,16 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
     """`run(encoder_state, record=None) -> (model, history)`: the probe or fine-tuning of `stage`."""
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
-    hp = {**cfg[stage], "seed": cfg["seed"]}
-    # In-memory data have no augmentation: their probe features are the same at every step.
-    cached = stage == "probe" and (cfg["probe"]["features"] == "cached" or not data.is_streaming(prepared))
+    hp = recipes.resolve(cfg, stage)
+    cached = stage == "probe" and recipes.probe_features_cached(cfg)
 
     def run(state, record=None):
         if cached:
             batches = data.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
         else:
-            batches = data.train_batches(prepared, stage, hp["batch_size"], hp["seed"], workers, device)
-        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record)
+            batches = data.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
+        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
+                                batch_augmentation(hp, prepared))
     return run
 
 
@@ -103,7 +116,6 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     prepared = data.load_prepared(data_path)
     pretrained = read_pretrained(cfg, checkpoint)
     run = downstream_training(cfg, stage, prepared, device, workers)
-    hp = {**cfg[stage], "seed": cfg["seed"]}
     arch = resolve_arch(cfg["arch"], with_decoder=False)
 
     def test_top1(model):
@@ -120,7 +132,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
         torch.manual_seed(cfg["seed"])
         baseline, _ = run(build_mae(cfg["arch"], cfg["norm_pix_loss"]).state_dict())
         metrics["random_init_test_top1"] = test_top1(baseline)
-    ckpt = {"kind": "classifier", "head": stage, "global_pool": hp.get("global_pool", False),
+    ckpt = {"kind": "classifier", "head": stage, "global_pool": cfg[stage].get("global_pool", False),
             "method": cfg["method"], "arch": arch, "num_classes": prepared["num_classes"],
             "model": cpu_state(model), "history": history, "test_top1": metrics["test_top1"]}
     checkpoints.atomic_save(ckpt, out)

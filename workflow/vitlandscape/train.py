@@ -1,8 +1,9 @@
 """Training loops: MAE / RC-MAE pretraining, supervised ViT, linear probe, fine-tuning.
 
-All use AdamW with linear warm-up and cosine decay (per step), no weight decay on 1-D
-parameters (biases, norm scales), as the MAE recipes do.
+Each stage trains as its recipe says (`recipes.resolve`: optimizer and parameter groups,
+per-step schedule, augmentation, mixed precision); the defaults are the official recipes.
 """
+import contextlib
 import copy
 import math
 import os
@@ -11,37 +12,44 @@ import signal
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, progress
+from vitlandscape import data, optim, progress, recipes
+from vitlandscape.batch_augmentation import Augmentation
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
 
 def learning_rate(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 over `warmup` steps, then half a cosine down to `min_lr` (the MAE
+    recipes' schedule, per step)."""
     if step < warmup:
-        return base_lr * (step + 1) / warmup
+        return base_lr * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def adamw(params, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    """Decay only tensors with ndim >= 2 that train."""
-    trainable = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, betas=betas)
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass and loss (weights, gradients and optimizer state stay
+    float32), or nothing for 'fp32'."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None, record=None) -> list[dict]:
-    """Run `hp['epochs']` epochs of AdamW on `step_loss(images, labels, step)`, which returns the
-    loss, or (loss, parts): a dict of the loss's parts, recorded in `record`'s curve.
+def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=None, record=None,
+        augmentation=None) -> list[dict]:
+    """Run `hp['epochs']` epochs of the recipe's optimizer on `step_loss(images, targets, step)`,
+    which returns the loss, or (loss, parts): a dict of the loss's parts, recorded in `record`'s curve.
 
+    `groups`: optim.param_groups, each group's lr is the schedule's times its `lr_scale`.
     `batches` yields one epoch of (images, labels) per iteration and has `len()` steps
     (`data.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
-    parameters' device. `record` (recording.TrainingRecord, watching its model): one curve row
-    a step, and its snapshots. Returns a per-epoch history of mean loss and learning rate.
+    parameters' device and augmented by `augmentation` (batch_augmentation.Augmentation), if any.
+    `record` (recording.TrainingRecord, watching its model): one curve row a step, and its
+    snapshots. Returns a per-epoch history of mean loss and learning rate.
     """
-    optimizer = adamw(params, hp["weight_decay"])
-    device = params[0].device
+    recipe = hp["recipe"]
+    optimizer = optim.make_optimizer(recipe["optimizer"], groups, betas=tuple(recipe["betas"]))
+    device = groups[0]["params"][0].device
     total, warmup = hp["epochs"] * len(batches), hp["warmup_epochs"] * len(batches)
     history, step = [], 0
     if record is not None:
@@ -50,10 +58,14 @@ def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None, record
     for epoch in bar:
         losses = []
         for images, labels in batches:
-            lr = learning_rate(step, total, warmup, hp["lr"])
+            lr = learning_rate(step, total, warmup, hp["lr"], recipe["min_lr"])
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = step_loss(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), step)
+                group["lr"] = lr * group["lr_scale"]
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if augmentation is not None:
+                images, labels = augmentation(images, labels)
+            with autocast(device, recipe["precision"]):
+                loss = step_loss(images, labels, step)
             loss, parts = loss if isinstance(loss, tuple) else (loss, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -71,15 +83,24 @@ def fit(params, step_loss, batches, hp: dict, desc: str, after_step=None, record
     return history
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy on class indices (with label smoothing) or on mixed soft targets, which
+    carry their smoothing already."""
+    if targets.ndim == 2:
+        return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
 # ---- MAE and RC-MAE ----
 
-def pretrain_mae(model, batches, cfg: dict, rcmae: bool, record=None):
-    """MAE pretraining; with `rcmae`, an EMA teacher adds a consistency loss. `record` follows
-    the weights the checkpoint's `model` keeps (for RC-MAE, per `downstream_weights`).
+def pretrain_mae(model, batches, cfg: dict, rcmae: bool, record=None, augmentation=None):
+    """MAE pretraining; with `rcmae`, an EMA teacher (float32, outside autocast) adds a
+    consistency loss. `record` follows the weights the checkpoint's `model` keeps (for RC-MAE,
+    per `downstream_weights`); `augmentation` as in `fit`.
 
     Returns (history, teacher or None).
     """
-    hp = {**cfg["pretrain"], "seed": cfg["seed"]}
+    hp = recipes.resolve(cfg, "pretrain")
     mask_ratio = cfg["mask_ratio"]
     model.train()
     teacher = None
@@ -108,9 +129,10 @@ def pretrain_mae(model, batches, cfg: dict, rcmae: bool, record=None):
     if record is not None:
         record.watch(teacher if teacher is not None and cfg["downstream_weights"] == "teacher" else model)
     torch.manual_seed(cfg["seed"])
-    history = fit(list(model.parameters()), step_loss, batches, hp,
-                  desc="rcmae pretrain" if rcmae else "mae pretrain",
-                  after_step=update_teacher if rcmae else None, record=record)
+    groups = optim.param_groups(model, hp["weight_decay"], hp["recipe"]["layer_decay"],
+                                hp["recipe"]["no_weight_decay"])
+    history = fit(groups, step_loss, batches, hp, desc="rcmae pretrain" if rcmae else "mae pretrain",
+                  after_step=update_teacher if rcmae else None, record=record, augmentation=augmentation)
     return history, teacher
 
 
@@ -128,17 +150,20 @@ def accuracy(model, batches) -> float:
     return correct / count
 
 
-def train_classifier(model, batches, hp: dict, desc: str, record=None) -> list[dict]:
-    """Cross-entropy training of every parameter that trains (supervised ViT, fine-tuning)."""
+def train_classifier(model, batches, hp: dict, desc: str, record=None, augmentation=None) -> list[dict]:
+    """Cross-entropy training of every parameter that trains (supervised ViT, fine-tuning),
+    with the recipe's parameter groups (layer-wise lr decay, no weight decay on its list)."""
     model.train()
+    recipe = hp["recipe"]
 
-    def step_loss(images, labels, step):
-        return F.cross_entropy(model(images), labels)
+    def step_loss(images, targets, step):
+        return classification_loss(model(images), targets, recipe["label_smoothing"])
 
     if record is not None:
         record.watch(model)
     torch.manual_seed(hp["seed"])
-    return fit(list(model.parameters()), step_loss, batches, hp, desc=desc, record=record)
+    groups = optim.param_groups(model, hp["weight_decay"], recipe["layer_decay"], recipe["no_weight_decay"])
+    return fit(groups, step_loss, batches, hp, desc=desc, record=record, augmentation=augmentation)
 
 
 def encode(model, images: torch.Tensor) -> torch.Tensor:
@@ -155,12 +180,13 @@ def cls_features(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
-def linear_probe(model, batches, hp: dict, cached: bool, record=None) -> list[dict]:
+def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentation=None) -> list[dict]:
     """Train only the head on the frozen encoder's cls token.
 
     cached: `batches` are the training split in order, not augmented; the features are
     computed once and the head trains on shuffled batches of them. Otherwise (the recipe)
-    `batches` are augmented training batches and the frozen encoder runs at every step.
+    `batches` are training batches, augmented by the loader and/or `augmentation`, and the
+    frozen encoder runs at every step.
     """
     model.requires_grad_(False)
     model.head.requires_grad_(True)
@@ -173,26 +199,29 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None) -> list[di
         if not cached:
             with torch.no_grad():
                 x = encode(model, x)
-        return F.cross_entropy(model.head(x), labels)
+        return classification_loss(model.head(x), labels, hp["recipe"]["label_smoothing"])
 
     if record is not None:
         record.watch(model)
     torch.manual_seed(hp["seed"])
-    history = fit(list(model.head.parameters()), step_loss, batches, hp, desc="linear probe", record=record)
+    groups = optim.param_groups(model, hp["weight_decay"])
+    history = fit(groups, step_loss, batches, hp, desc="linear probe", record=record,
+                  augmentation=None if cached else augmentation)
     model.eval()
     return history
 
 
 def downstream(mae_state: dict, arch: dict, num_classes: int, batches, hp: dict, head: str, device="cpu",
-               cached: bool = True, record=None):
+               cached: bool = True, record=None, augmentation=None):
     """Linear probe or fine-tune (globally pooled when `hp['global_pool']`) on top of an MAE
-    encoder (see `linear_probe` for `batches` and `cached`). Returns (model, history)."""
+    encoder (see `linear_probe` for `batches` and `cached`); `hp` as `recipes.resolve` gives it.
+    Returns (model, history)."""
     torch.manual_seed(hp["seed"])  # the head's initialisation
-    model = build_classifier(arch, num_classes, head, hp.get("global_pool", False))
+    model = build_classifier(arch, num_classes, head, hp.get("global_pool", False), hp["recipe"]["drop_path"])
     load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
     model.to(device)
     if head == "probe":
-        history = linear_probe(model, batches, hp, cached, record)
+        history = linear_probe(model, batches, hp, cached, record, augmentation)
     else:
-        history = train_classifier(model, batches, hp, desc="fine-tune", record=record)
+        history = train_classifier(model, batches, hp, desc="fine-tune", record=record, augmentation=augmentation)
     return model, history

@@ -19,16 +19,18 @@ from vitlandscape.models.posembed import sincos_2d
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 
 
-def build_vit(arch: dict, num_classes: int, global_pool: bool = False) -> VisionTransformer:
+def build_vit(arch: dict, num_classes: int, global_pool: bool = False, drop_path: float = 0.0) -> VisionTransformer:
+    """`drop_path`: stochastic depth of the last block (rising linearly from 0 at the first), in training only."""
     dims = resolve_arch(arch, with_decoder=False)
     return VisionTransformer(img_size=dims["img_size"], patch_size=dims["patch_size"],
                              embed_dim=dims["embed_dim"], depth=dims["depth"],
                              num_heads=dims["num_heads"], num_classes=num_classes,
                              qkv_bias=True, global_pool="avg" if global_pool else "token",
-                             norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                             drop_path_rate=drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6))
 
 
-def build_classifier(arch: dict, num_classes: int, head: str, global_pool: bool = False) -> VisionTransformer:
+def build_classifier(arch: dict, num_classes: int, head: str, global_pool: bool = False,
+                     drop_path: float = 0.0) -> VisionTransformer:
     """head: 'supervised' (timm's linear head, learnable position embedding),
     'probe' (BatchNorm1d(affine=False) + Linear on the cls token, MAE's fixed sin-cos
     position embedding) or 'finetune' (a linear head). With `global_pool` (the official
@@ -37,7 +39,7 @@ def build_classifier(arch: dict, num_classes: int, head: str, global_pool: bool 
     keeps the fixed sin-cos embedding and the cls token."""
     if global_pool and head == "probe":
         raise ValueError("the linear probe reads the cls token; global_pool is for fine-tuning")
-    model = build_vit(arch, num_classes, global_pool)
+    model = build_vit(arch, num_classes, global_pool, drop_path)
     if head == "supervised":
         return model
     grid = int(model.patch_embed.num_patches ** 0.5)
