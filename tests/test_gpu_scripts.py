@@ -29,3 +29,21 @@ def test_gpu_bench_runs_on_the_cpu(tmp_path):
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
         assert r["engine_points_per_s"] == pytest.approx(r["engine_images_per_s"] / 16)
     assert result["card"] == "cpu" and "bf16" in run.stdout
+
+
+def test_gpu_train_bench_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "train_bench.json"
+    run = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/gpu_train_bench.py"), "--device", "cpu",
+                          "--arch", json.dumps(TINY_ARCH), "--batch-size", "8", "--repeats", "1", "--out", str(out)],
+                         env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": ""}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["card"] == "cpu" and result["batch"] == 8
+    for stage in ("pretrain", "finetune"):
+        assert result[f"{stage}_augmentation_images_per_s"] > 0
+        assert result[f"{stage}_bf16_speedup"] == pytest.approx(
+            result[f"{stage}_bf16_images_per_s"] / result[f"{stage}_fp32_images_per_s"])
+    assert result["augmentation_device_vs_cpu"] == {"crop_max_abs_difference": 0.0, "flip_identical": True,
+                                                    "rand_augment_max_level_difference": 0.0, "erasing_identical": True}
+    assert "finetune bf16" in run.stdout
