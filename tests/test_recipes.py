@@ -201,3 +201,14 @@ def test_stages_augment_training_batches_as_the_recipe_says(tmp_path, data_file)
     assert stages.batch_augmentation(recipes.resolve(plain, "pretrain"), in_memory) is None
     assert not stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), in_memory).cropped
     assert stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), streamed).cropped  # the loader crops
+
+
+def test_classification_loss_equals_the_official_codes_timm_losses():
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(8) % 6
+    assert float(train.classification_loss(logits, labels, 0.1)) == pytest.approx(
+        float(LabelSmoothingCrossEntropy(0.1)(logits, labels)), rel=1e-6)
+    soft = torch.softmax(torch.randn(8, 6), 1)
+    assert float(train.classification_loss(logits, soft, 0.1)) == pytest.approx(
+        float(SoftTargetCrossEntropy()(logits, soft)), rel=1e-6)
