@@ -199,8 +199,10 @@ def test_stages_augment_training_batches_as_the_recipe_says(tmp_path, data_file)
     assert not all(torch.equal(official[k], unchanged[k]) for k in official)
     in_memory, streamed = {"num_classes": 3}, {"num_classes": 3, "streaming": True}
     assert stages.batch_augmentation(recipes.resolve(plain, "pretrain"), in_memory) is None
-    assert not stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), in_memory).cropped
-    assert stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), streamed).cropped  # the loader crops
+    assert stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), in_memory).recipe["crop_scale"] == [0.2, 1.0]
+    assert stages.batch_augmentation(recipes.resolve(cfg, "pretrain"), streamed) is None  # the loader crops and flips
+    fine_tuning = stages.batch_augmentation(recipes.resolve(cfg, "finetune"), streamed)
+    assert fine_tuning.recipe["crop_scale"] is None and fine_tuning.recipe["random_erasing"] == 0.25
 
 
 def test_classification_loss_equals_the_official_codes_timm_losses():

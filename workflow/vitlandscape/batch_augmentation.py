@@ -9,16 +9,15 @@ from vitlandscape import augment, data
 
 class Augmentation:
     """The recipe's augmentation of one training batch, on the batch's device: random resized
-    crop and flip (unless the loader `cropped` already, as a streamed folder's does, on the
-    decoded image), RandAugment, random erasing, then mixup / cutmix. Seeded: the same seed
-    gives the same batches, so a rerun or a replay trains bit-identically.
+    crop, flip, RandAugment, random erasing, then mixup / cutmix. Seeded: the same seed gives
+    the same batches, so a rerun or a replay trains bit-identically.
 
     Call with (normalised images, labels); returns (images, targets): class indices, or soft
     targets [B, classes] (label smoothing folded in) when mixing.
     """
 
-    def __init__(self, recipe: dict, num_classes: int, seed: int, cropped: bool = False):
-        self.recipe, self.num_classes, self.cropped = recipe, num_classes, cropped
+    def __init__(self, recipe: dict, num_classes: int, seed: int):
+        self.recipe = recipe
         self.generator = torch.Generator().manual_seed(seed)
         self.mixup = None
         if recipe["mixup"] or recipe["cutmix"]:
@@ -29,10 +28,10 @@ class Augmentation:
 
     def __call__(self, images, labels):
         recipe, generator = self.recipe, self.generator
-        if not self.cropped and recipe["crop_scale"]:
+        if recipe["crop_scale"]:
             images = augment.random_resized_crop(images, images.shape[-1], scale=tuple(recipe["crop_scale"]),
                                                  generator=generator)
-        if not self.cropped and recipe["hflip"]:
+        if recipe["hflip"]:
             images = augment.horizontal_flip(images, p=recipe["hflip"], generator=generator)
         if recipe["rand_augment"]:
             mean, std = data.IMAGENET_MEAN.to(images.device), data.IMAGENET_STD.to(images.device)

@@ -25,6 +25,8 @@ import copy
 from vitlandscape.models.arch import resolve_arch
 
 BASE_BATCH = 256
+# Elements that act on a classifier trained end to end: not for MAE pretraining or the linear probe.
+CLASSIFIER_TRAINING = ("mixup", "cutmix", "label_smoothing", "drop_path", "layer_decay")
 
 _AUGMENTED = {"crop_scale": [0.08, 1.0], "hflip": 0.5,
               "rand_augment": {"num_ops": 2, "magnitude": 9.0, "magnitude_std": 0.5},
@@ -56,9 +58,6 @@ OFFICIAL = {
 FINETUNE_BY_WIDTH = {768: {"blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
                      1024: {"blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.2},
                      1280: {"blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.3}}
-
-RECIPE_KEYS = frozenset(OFFICIAL["finetune"]["recipe"])
-
 
 def official(method: str, stage: str, arch) -> dict:
     """The official `blr`, `weight_decay` and `recipe` of a stage ('pretrain', 'probe',
@@ -112,14 +111,11 @@ def problems(key: str, model_cfg: dict, stage: str) -> list[str]:
     if (recipe["mixup"] or recipe["cutmix"]) and hp["batch_size"] % 2:
         found.append(f"{key}.recipe: mixup/cutmix pair each image with another of its batch; "
                      f"batch_size {hp['batch_size']} must be even")
-    if stage == "probe" and (recipe["mixup"] or recipe["cutmix"] or recipe["label_smoothing"]
-                             or recipe["drop_path"] or recipe["layer_decay"]):
-        found.append(f"{key}.recipe: the linear probe trains only its head on the frozen encoder: "
-                     f"mixup, cutmix, label_smoothing, drop_path and layer_decay do not apply")
-    if stage == "pretrain" and model_cfg["method"] != "supervised" and (
-            recipe["mixup"] or recipe["cutmix"] or recipe["label_smoothing"] or recipe["layer_decay"]
-            or recipe["drop_path"]):
-        found.append(f"{key}.recipe: MAE pretraining has no labels or classifier: mixup, cutmix, "
-                     f"label_smoothing, layer_decay and drop_path do not apply")
+    why = {"probe": "the linear probe trains only its head on the frozen encoder",
+           "pretrain": "MAE pretraining has no labels or classifier"}.get(stage)
+    if why and (stage, model_cfg["method"]) != ("pretrain", "supervised"):
+        given_elements = [k for k in CLASSIFIER_TRAINING if recipe[k]]
+        if given_elements:
+            found.append(f"{key}.recipe: {why}: {', '.join(given_elements)} do not apply")
     return found
 

@@ -56,7 +56,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = train.pretrain_mae(model, batches, cfg, rcmae=method == "rcmae", record=record,
+        history, teacher = train.pretrain_mae(model, batches, cfg, hp, rcmae=method == "rcmae", record=record,
                                               augmentation=augmentation)
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
@@ -71,10 +71,13 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
 def batch_augmentation(hp: dict, prepared: dict) -> Augmentation | None:
     """The recipe's augmentation of each training batch, or None when it changes nothing; a
     streamed folder's loader has cropped and flipped each image already."""
-    if not recipes.augments(hp["recipe"]):
+    recipe = hp["recipe"]
+    if data.is_streaming(prepared):
+        recipe = {**recipe, "crop_scale": None, "hflip": 0.0}
+    if not recipes.augments(recipe):
         return None
     # Its own seed: the shuffle's generator uses hp["seed"].
-    return Augmentation(hp["recipe"], prepared["num_classes"], hp["seed"] + 1, cropped=data.is_streaming(prepared))
+    return Augmentation(recipe, prepared["num_classes"], hp["seed"] + 1)
 
 
 def train_top1(model, prepared: dict, device) -> tuple[float, int]:
@@ -106,7 +109,7 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
         else:
             batches = data.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
         return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
-                                batch_augmentation(hp, prepared))
+                                None if cached else batch_augmentation(hp, prepared))
     return run
 
 

@@ -12,8 +12,7 @@ import signal
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, optim, progress, recipes
-from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape import data, optim, progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
@@ -93,14 +92,14 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
 # ---- MAE and RC-MAE ----
 
-def pretrain_mae(model, batches, cfg: dict, rcmae: bool, record=None, augmentation=None):
-    """MAE pretraining; with `rcmae`, an EMA teacher (float32, outside autocast) adds a
-    consistency loss. `record` follows the weights the checkpoint's `model` keeps (for RC-MAE,
-    per `downstream_weights`); `augmentation` as in `fit`.
+def pretrain_mae(model, batches, cfg: dict, hp: dict, rcmae: bool, record=None, augmentation=None):
+    """MAE pretraining with the model's `cfg` and its stage's `hp` (`recipes.resolve`); with
+    `rcmae`, an EMA teacher adds a consistency loss (its weights stay float32: the EMA update
+    runs after the step, outside autocast). `record` follows the weights the checkpoint's
+    `model` keeps (for RC-MAE, per `downstream_weights`); `augmentation` as in `fit`.
 
     Returns (history, teacher or None).
     """
-    hp = recipes.resolve(cfg, "pretrain")
     mask_ratio = cfg["mask_ratio"]
     model.train()
     teacher = None
@@ -185,8 +184,8 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentati
 
     cached: `batches` are the training split in order, not augmented; the features are
     computed once and the head trains on shuffled batches of them. Otherwise (the recipe)
-    `batches` are training batches, augmented by the loader and/or `augmentation`, and the
-    frozen encoder runs at every step.
+    `batches` are training batches, augmented by the loader and/or `augmentation` (as in
+    `fit`; None with cached features), and the frozen encoder runs at every step.
     """
     model.requires_grad_(False)
     model.head.requires_grad_(True)
@@ -206,7 +205,7 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentati
     torch.manual_seed(hp["seed"])
     groups = optim.param_groups(model, hp["weight_decay"])
     history = fit(groups, step_loss, batches, hp, desc="linear probe", record=record,
-                  augmentation=None if cached else augmentation)
+                  augmentation=augmentation)
     model.eval()
     return history
 
