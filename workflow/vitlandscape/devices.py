@@ -36,6 +36,30 @@ def resolve(name: str, key: str = "device") -> "torch.device":
     return torch.device(name)
 
 
+def fused_cpu_attention_in_bf16() -> bool:
+    """Whether the CPU's fused attention kernel runs in bf16 here. Its bf16 path packs the
+    operands for oneDNN whenever the hardware has bf16 dot products, but the packing exists only
+    in torch's AVX-512 kernels: with a lower kernel capability on such hardware (an older CPU
+    build, or ATEN_CPU_CAPABILITY set lower) it raises "pack_vnni2 is only supported when avx512
+    is supported". Below AVX-512, bf16 attention therefore takes the math path."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+@contextlib.contextmanager
+def bf16_autocast(device: "torch.device"):
+    """bf16 autocast on `device` (weights stay float32): the one way training, the grid engine
+    and the throughput probe enter it, so that the attention kernel is chosen in one place."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.autocast(device.type, dtype=torch.bfloat16), contextlib.ExitStack() as stack:
+        if device.type == "cpu" and not fused_cpu_attention_in_bf16():
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
+
+
 @contextlib.contextmanager
 def precision(name: str, device: "torch.device"):
     """Forward passes inside run in `name`: fp32; tf32 (float32 matmuls and convolutions
@@ -46,7 +70,7 @@ def precision(name: str, device: "torch.device"):
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
     if name == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with bf16_autocast(device):
             yield
         return
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

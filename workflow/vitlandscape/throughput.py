@@ -39,8 +39,7 @@ def synchronize(device: torch.device) -> None:
 
 def images_per_s(run, batch_size: int, device: torch.device, precision: str, seconds: float) -> float:
     """Images per second of `run`, timed over about `seconds` after the warm-up."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), devices.precision(precision, device):
         for _ in range(WARMUP_PASSES - 1):
             run()
         synchronize(device)

@@ -12,7 +12,7 @@ import signal
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, optim, progress
+from vitlandscape import data, devices, optim, progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
@@ -31,7 +31,7 @@ def autocast(device: torch.device, precision: str):
     float32), or nothing for 'fp32'."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return devices.bf16_autocast(device)
 
 
 def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=None, record=None,
