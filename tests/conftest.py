@@ -19,9 +19,14 @@ TINY_ARCH = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_
              "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
 
 
+# torch threads of the tests' own processes: 1, or VITLANDSCAPE_TEST_THREADS (`make test-other-bits`
+# sets 2, to try the reduction orders of another thread count; tests/README.md).
+TEST_THREADS = int(os.environ.get("VITLANDSCAPE_TEST_THREADS", "1"))
+
+
 @pytest.fixture(autouse=True)
-def _single_thread():
-    torch.set_num_threads(1)
+def _test_threads():
+    torch.set_num_threads(TEST_THREADS)
 
 
 def validated(config: dict) -> dict:

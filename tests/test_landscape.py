@@ -151,7 +151,12 @@ def test_probe_surface_matches_the_reference(setup):
     loss, acc = reference_grid(root, cfg, "probe", dirs, surf.alpha.values, surf.beta.values)
     np.testing.assert_allclose(surf.loss.values, loss, rtol=2e-5)
     centre = surf.sel(alpha=0.0, beta=0.0)
-    assert centre.accuracy.item() == acc[2, 2]  # (alpha, beta) = (0, 0): a count / 24, exactly
+    # (alpha, beta) = (0, 0): a count / 24 on both sides, equal unless float32 vs float64 logits
+    # (~3e-7 apart) flip an image whose top two reference logits lie within 1e-4 (300x that)
+    images, _ = eval_set(root)
+    top2 = reference.classifier_logits(weights(root / "probe.pt"), cfg["arch"], images, "probe").topk(2).values
+    near_ties = int((top2[:, 0] - top2[:, 1] < 1e-4).sum())
+    assert abs(centre.accuracy.item() - acc[2, 2]) <= near_ties / 24 + 1e-12
     assert np.mean(surf.accuracy.values == acc) > 0.9  # float32 vs float64 may flip a near tie
     assert len(np.unique(surf.accuracy.values)) > 1
 

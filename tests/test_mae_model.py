@@ -116,7 +116,9 @@ def test_pretext_loss_matches_the_float64_reference(norm_pix):
     ref_loss, ref_pred, ref_mask = reference.mae_forward(model.state_dict(), TINY_ARCH, imgs, noise, 0.75, norm_pix)
     assert torch.equal(mask.double(), ref_mask)
     torch.testing.assert_close(pred.double(), ref_pred, rtol=1e-5, atol=1e-5)
-    assert math.isclose(loss.item(), float(ref_loss), rel_tol=1e-6)
+    # float32 forward vs float64: <= 1.5e-7 relative over 40 draws, AVX2 and non-vectorised
+    # kernels alike; 2e-6 leaves 10x and still sees norm_pix's eps 1e-6 -> 1e-5 (6e-6)
+    assert math.isclose(loss.item(), float(ref_loss), rel_tol=2e-6)
 
 
 @pytest.mark.parametrize("head", ["probe", "finetune", "supervised"])
