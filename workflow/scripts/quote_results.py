@@ -1,0 +1,169 @@
+"""Numbers the documentation quotes from the default run, written from `results/`, never by hand.
+
+    python workflow/scripts/quote_results.py [--results results] [--check] FILE...
+
+Each FILE (README.md, docs/*.md) may hold quoted blocks:
+
+    <!-- quoted from results/: NAME -->
+    ...
+    <!-- end of NAME -->
+
+Without `--check` every block is rewritten from the run in `--results`, and the figures the
+README shows (FIGURES) are copied from it into docs/ at a width that reads on a page; with it nothing is
+written and the exit status is 1, with a diff, when a block differs from what the run gives
+(tests/test_workflow_e2e.py checks the README against a fresh default run this way). Only
+numbers a rerun reproduces on the same machine are quoted: accuracies, verdicts, steps, losses,
+distances; wall times vary between runs and are stated as measurements instead.
+"""
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+BLOCK = re.compile(r"(<!-- quoted from results/: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end of (?P=name) -->)",
+                   re.S)
+NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "sup": "supervised ViT"}
+
+
+def _name(model: str) -> str:
+    return NAMES.get(model, model)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = [[cell.replace("|", "\\|") for cell in row] for row in rows]  # a | inside a cell ends it
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def _top1(value) -> str:
+    return "" if pd.isna(value) else f"{value:.4f}"
+
+
+def accuracy(results: Path) -> str:
+    """Test top-1 of every model, from metrics/accuracy.csv."""
+    table = pd.read_csv(results / "metrics/accuracy.csv")
+    rows = [[_name(r.model), _top1(r.linear_probe_top1), _top1(r.finetune_top1), _top1(r.supervised_top1),
+             _top1(r.probe_random_init_top1)] for r in table.itertuples()]
+    return _table(["model", "linear probe", "fine-tune", "supervised", "probe on a random encoder"], rows)
+
+
+def _value(x) -> str:
+    return "" if pd.isna(x) else f"{x:.3g}"
+
+
+def findings(results: Path) -> str:
+    """Every claim measure with both numbers and its verdict, from metrics/findings.csv."""
+    table = pd.read_csv(results / "metrics/findings.csv", keep_default_na=False, na_values=[""])
+    counts = table["verdict"].value_counts()
+    words = [f"{counts.get(v, 0)} {word}" for v, word in
+             (("holds", "hold"), ("does not hold", "do not hold"), ("undecided", "undecided"))]
+    rows = [[r.claim, r.measure, f"{r.wider} {_value(r.wider_value)}", f"{r.than} {_value(r.than_value)}",
+             r.verdict + (f" ({r.reason})" if isinstance(r.reason, str) and r.reason else "")]
+            for r in table.itertuples()]
+    return (f"Of the {len(table)} claim measures: {', '.join(words)}.\n\n"
+            + _table(["claim", "measure", "claimed wider", "than", "verdict"], rows))
+
+
+def _step(table: pd.DataFrame, model: str, target: str) -> str:
+    row = table[(table["model"] == model) & (table["target"] == target)].iloc[0]
+    return f"step {int(row['step'])}" if row["reached"] else "never"
+
+
+def convergence(results: Path) -> str:
+    """Steps to fractions of the decrease and to the other model's final loss, per replayed
+    pretraining, from metrics/convergence.csv."""
+    table = pd.read_csv(results / "metrics/convergence.csv")
+    table = table[table["stage"] == "pretrain"]
+    models = list(dict.fromkeys(table["model"]))
+    fractions = sorted({t for t in table["target"] if t.startswith("decrease_")}, key=lambda t: float(t[9:]))
+    rows = []
+    for model in models:
+        reach = [_step(table, model, f"final_of_{other}") + f" ({_name(other)}'s "
+                 f"{table[(table['model'] == model) & (table['target'] == f'final_of_{other}')]['threshold'].iloc[0]:.3f})"
+                 for other in models if other != model]
+        rows.append([_name(model), *(_step(table, model, f) for f in fractions), "; ".join(reach)])
+    header = ["model", *(f"{float(f[9:]):.0%} of the decrease" for f in fractions), "reaches the other's final loss"]
+    last = int(pd.read_csv(results / f"trajectories/{models[0]}/pretrain/curve.csv")["step"].iloc[-1])
+    said = []
+    for model in models:
+        for other in models:
+            row = table[(table["model"] == model) & (table["target"] == f"final_of_{other}")]
+            if other == model or row.empty:
+                continue
+            row = row.iloc[0]
+            said.append(f"{_name(model)} reaches {_name(other)}'s final loss ({row['threshold']:.3f}) at step "
+                        f"{int(row['step'])} of {last + 1}" if row["reached"] else
+                        f"{_name(model)} does not reach {_name(other)}'s ({row['threshold']:.3f}) within its training")
+    return _table(header, rows) + "\n" + "; ".join(said) + ".\n"
+
+
+def trajectory(results: Path) -> str:
+    """The PCA planes of the replayed pretrainings, from trajectories/{model}/pretrain/pca.json
+    (`distance_travelled` is cumulative: its last entry is the whole path)."""
+    lines = []
+    for folder in sorted((results / "trajectories").glob("*/pretrain")):
+        pca = json.loads((folder / "pca.json").read_text())
+        r1, r2 = pca["explained_variance_ratio"]
+        lines.append(f"- {_name(folder.parent.name)}: {len(pca['steps'])} snapshots over {pca['steps'][-1]} steps; "
+                     f"the plane explains {r1 + r2:.0%} of the path ({r1:.0%} + {r2:.0%}); the weights travel "
+                     f"{pca['distance_travelled'][-1]:.1f} between snapshots, from a start "
+                     f"{pca['distance_to_final'][0]:.1f} away from the final weights (norm {pca['final_norm']:.1f}).")
+    return "\n".join(lines) + "\n"
+
+
+QUOTES = {"accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
+# docs/ figure -> (the run's figure, width in pixels)
+FIGURES = {"docs/mae_vs_supervised.png": ("figures/compare/mae_vs_supervised_compare.png", 738),
+           "docs/mae_vs_rcmae_trajectory.png": ("figures/trajectories/mae_vs_rcmae/pretrain_path.png", 960)}
+
+
+def copy_figures(results: Path, root: Path) -> None:
+    from PIL import Image
+
+    for target, (source, width) in FIGURES.items():
+        with Image.open(results / source) as image:
+            height = round(image.height * width / image.width)
+            image.resize((width, height), Image.Resampling.LANCZOS).save(root / target, optimize=True)
+        print(f"wrote {target} from {results / source}")
+
+
+def rewrite(text: str, results: Path) -> str:
+    """`text` with every quoted block written anew from `results`; an unknown block name is an error."""
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        if name not in QUOTES:
+            raise SystemExit(f"unknown quoted block {name!r}; known: {', '.join(QUOTES)}")
+        return match[1] + QUOTES[name](results) + match[4]
+    return BLOCK.sub(block, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
+    args = parser.parse_args(argv)
+    if not args.check:
+        copy_figures(args.results, Path(__file__).resolve().parents[2])
+    stale = 0
+    for path in args.files:
+        text = path.read_text()
+        new = rewrite(text, args.results)
+        if new == text:
+            continue
+        if args.check:
+            stale += 1
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                       f"{path} (as written)", f"{path} (from {args.results})"))
+        else:
+            path.write_text(new)
+            print(f"rewrote the quoted blocks of {path}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
