@@ -189,13 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio-map", required=True, help="netCDF file of the ratio-map stage")
     p.add_argument("--prefix", required=True)
 
-    p = sub.add_parser("bench-grid", help="points/s of the tile engine vs plain forward passes")
-    p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
-    p.add_argument("--data", default=None, help="prepared data (default: results/data/<dataset>.pt)")
-    p.add_argument("--points", type=int, default=121, help="grid points per objective")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-
     p = sub.add_parser("bench", help="one grid computed by the engine, loss-landscapes and a Li et al. loop, "
                                       "against plain forward passes: rates, memory, speed-ups (JSON and table)")
     p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
@@ -244,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Settings behind a stage's --device, for the message when it asks for a GPU this machine lacks.
 DEVICE_KEYS = {**dict.fromkeys(("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"),
                                 "device"),
-               **dict.fromkeys(("bench", "bench-grid", "plan"), "--device")}
+               **dict.fromkeys(("bench", "plan"), "--device")}
 WRITE_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
 OUTPUT_ARGS = ("out", "out_dir", "prefix", "html", "vts", "metrics", "json")  # named when the error names no file
 
@@ -329,8 +322,6 @@ def _compute(args) -> None:
         _landscape(args)
     elif args.stage in ("hessian", "flatness", "ratio-map"):
         _curvature(args)
-    elif args.stage == "bench-grid":
-        _bench(args)
     elif args.stage == "bench":
         _bench_compare(args)
 
@@ -432,18 +423,6 @@ def bench_surfaces(models: dict) -> list[str]:
     pretext = [s for s in surfaces if s.endswith("/pretext")]
     labelled = sorted((s for s in surfaces if not s.endswith("/pretext")), key=lambda s: not s.endswith("/supervised"))
     return pretext[:1] + labelled[:1]
-
-
-def _bench(args) -> None:
-    """Benchmark every surface of a finished run, on its trained checkpoints."""
-    import yaml
-
-    from vitlandscape import bench, configcheck
-    config = yaml.safe_load(Path(args.config).read_text())
-    data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
-    cases = [({**m, "name": name, "objective": objective}, checkpoint_of(name, m, objective))
-             for name, m in config["models"].items() for objective in configcheck.objectives(m)]
-    bench.run(cases, data_path, args.points, config["landscape"]["batch_size"], args.device)
 
 
 def _bench_compare(args) -> None:
