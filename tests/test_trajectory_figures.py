@@ -7,6 +7,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.contour import ContourSet
 from matplotlib.patches import FancyArrowPatch
 
+from test_figures import text_overlaps
 from vitlandscape import figures
 from vitlandscape.curves import smoothed
 from vitlandscape import trajectory_figures as tf
@@ -58,7 +59,7 @@ def note(ax):
 
 
 def overlaps(fig):
-    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in figures.text_overlaps(fig)]
+    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in text_overlaps(fig)]
 
 
 def test_trajectory_figure_draws_the_path_in_order_over_the_log_scaled_surface():

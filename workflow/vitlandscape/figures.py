@@ -17,14 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from matplotlib.axes import Axes
-from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 DEFAULTS = {
@@ -638,51 +634,3 @@ def make_ratio_map_figure(ds: xr.Dataset, settings: dict | None = None) -> Figur
 def plot_ratio_map(ds: xr.Dataset, prefix: Path | str, settings: dict | None = None) -> list[Path]:
     return save_figure(make_ratio_map_figure(ds, settings), prefix, "ratio_map", settings)
 
-
-def _drawn_texts(artist, owner: Axes | None = None,
-                 axis: Axis | None = None) -> list[tuple[Text, Axes | None, Axis | None]]:
-    """Visible, non-empty texts under ``artist``, each with the axes it belongs to and,
-    for tick labels, the axis.
-
-    Invisible subtrees are skipped, an axis contributes only the ticks it draws,
-    and contour labels are left out (they sit on their lines by design).
-    """
-    if not artist.get_visible():
-        return []
-    if isinstance(artist, Text):
-        return [(artist, owner, axis)] if artist.get_text().strip() else []
-    if isinstance(artist, Axis):
-        return (_drawn_texts(artist.label, owner) + _drawn_texts(artist.offsetText, owner)
-                + [found for tick in artist._update_ticks()  # private: the ticks drawn
-                   for found in _drawn_texts(tick, owner, artist)])
-    if isinstance(artist, Axes):
-        owner = artist
-        clabels = {t for c in artist.collections if isinstance(c, ContourSet) for t in c.labelTexts}
-        children = [c for c in artist.get_children() if c not in clabels]
-    else:
-        children = artist.get_children()
-    return [found for child in children for found in _drawn_texts(child, owner, axis)]
-
-
-def _intersect(a, b, gap: float = 0.0) -> bool:
-    """Whether two boxes overlap or come closer than `gap` pixels."""
-    return min(a.x1, b.x1) + gap > max(a.x0, b.x0) and min(a.y1, b.y1) + gap > max(a.y0, b.y0)
-
-
-def text_overlaps(fig: Figure) -> list[tuple[Text, Text | Axes]]:
-    """Drawn texts that overlap another text or another 2-D axes' plotting area.
-
-    Contour labels are not checked; 3-D axes are checked only as text owners
-    (their area is mostly empty space).
-    """
-    fig.canvas.draw()
-    texts = _drawn_texts(fig)
-    fig.canvas.draw()  # listing ticks resets 3-D tick label positions; place them again
-    boxes = {text: text.get_window_extent() for text, _, _ in texts}
-    flat = [ax for ax in fig.axes if ax.name != "3d"]
-    gap = 2 * fig.dpi / 72  # tick labels of one axis closer than 2 pt read as one number
-    overlaps = [(a, b) for (a, _, axis_a), (b, _, axis_b) in itertools.combinations(texts, 2)
-                if _intersect(boxes[a], boxes[b], gap if axis_a is not None and axis_a is axis_b else 0.0)]
-    overlaps += [(text, ax) for text, owner, _ in texts for ax in flat
-                 if ax is not owner and _intersect(boxes[text], ax.get_window_extent())]
-    return overlaps

@@ -107,11 +107,6 @@ def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, 
     return model.eval(), ckpt
 
 
-def load_mae(path, model_cfg: dict) -> torch.nn.Module:
-    """An MAE with its decoder (official, RC-MAE release or ours), in eval mode."""
-    return load("pretext", path, model_cfg)[0]
-
-
 def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
     return load(objective, checkpoint, model_cfg)[0]
 
