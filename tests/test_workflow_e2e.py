@@ -289,6 +289,8 @@ MODULE_STAGES = {
     "accuracy.py": {"table"},
     "landscape.py": {"landscape"}, "directions.py": {"landscape", "metrics"}, "grid.py": {"landscape", "metrics"},
     "surface.py": {"landscape", "metrics"}, "tiles.py": {"landscape"},
+    # the test hooks (inert unless the tests set their variables) run inside training and tiles
+    "faults.py": {"train", "landscape"},
     "hessian.py": {"metrics"}, "flatness.py": {"metrics"}, "curvature.py": {"metrics"},
     "basins.py": {"metrics_tables"}, "findings.py": {"metrics_tables"}, "metrics.py": {"metrics_tables"},
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},

@@ -4,8 +4,6 @@ Each takes `settings`: the model's config entry plus `name`, `objective` and the
 `landscape` section, exactly as the rules pass them.
 """
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import timm
@@ -13,7 +11,7 @@ import torch
 import xarray as xr
 
 import vitlandscape
-from vitlandscape import data, devices, directions, grid, objectives, surface, tiles
+from vitlandscape import data, devices, directions, faults, grid, objectives, surface, tiles
 from vitlandscape.outputs import sha256, write_json, write_netcdf
 
 def versions() -> str:
@@ -98,42 +96,15 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     return objective, perturbation, attrs
 
 
-def _fail_once_for_tests(key: str) -> None:
-    """Test hook: with VITLANDSCAPE_FAIL_ONCE=<dir>, a tile's first attempt fails after computing
-    (leaving a marker file in <dir>) so that the retry path is exercised; unset, nothing happens."""
-    folder = os.environ.get("VITLANDSCAPE_FAIL_ONCE")
-    if not folder:
-        return
-    marker = Path(folder) / key
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        raise RuntimeError(f"VITLANDSCAPE_FAIL_ONCE: first attempt of tile {key} fails on purpose")
-
-
-def _sigkill_midway_for_tests(objective, key: str, points: int) -> None:
-    """Test hook: with VITLANDSCAPE_SIGKILL=tile:<key>[@group], the tile's job kills itself with
-    SIGKILL once half of its `points` are computed (tiles.sigkill_for_tests); unset, nothing happens."""
-    if os.environ.get("VITLANDSCAPE_SIGKILL", "").split("@")[0] != f"tile:{key}":
-        return
-    evaluate, done = objective.evaluate, []
-
-    def counting():
-        if len(done) >= points // 2:
-            tiles.sigkill_for_tests(f"tile:{key}")
-        done.append(1)
-        return evaluate()
-    objective.evaluate = counting
-
-
 def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: str, out) -> xr.Dataset:
     ls = settings["landscape"]
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
     sa, sb = grid.tile_slices(tile, ls["alpha"], ls["beta"], ls["tile"])
     alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
-    _sigkill_midway_for_tests(objective, f"{settings['name']}.{settings['objective']}.{tile}", len(alphas) * len(betas))
+    key = f"{settings['name']}.{settings['objective']}.{tile}"
+    faults.sigkill_midway(objective, f"tile:{key}", len(alphas) * len(betas))  # test hooks: inert when unset
     loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
-    _fail_once_for_tests(f"{settings['name']}.{settings['objective']}.{tile}")
+    faults.fail_once(key, f"tile {key}")
     ds = tiles.tile_dataset(loss, acc, alphas, betas, {**attrs, "tile_name": tile})
     write_netcdf(ds, out)
     print(f"tile {tile}: {loss.size} points, loss {tiles.finite_range(loss)} -> {out}")

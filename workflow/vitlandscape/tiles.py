@@ -13,14 +13,12 @@ warning line (`warn_nonfinite`); figures draw them as gaps and metrics leave the
 """
 import hashlib
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from vitlandscape import grid
+from vitlandscape import faults, grid
 from vitlandscape.outputs import replacing, sha256
 
 # Attributes every tile of one surface must agree on (checked at assembly).
@@ -126,16 +124,7 @@ def write_zarr(ds: xr.Dataset, out, chunks) -> None:
     encoding = {name: {"chunks": chunks} for name in ds.data_vars}
     with replacing(out, directory=True) as tmp:
         ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
-        sigkill_for_tests("assemble:write_zarr")
-
-
-def sigkill_for_tests(point: str) -> None:
-    """Test hook (tests/test_restarts.py): with VITLANDSCAPE_SIGKILL=<point> this process kills
-    itself with SIGKILL on reaching `point`; with <point>@group its whole process group (Snakemake
-    too, as a crashed node would); unset or another point, nothing happens."""
-    wanted = os.environ.get("VITLANDSCAPE_SIGKILL", "")
-    if wanted.split("@")[0] == point:
-        os.killpg(os.getpgrp(), signal.SIGKILL) if wanted.endswith("@group") else os.kill(os.getpid(), signal.SIGKILL)
+        faults.sigkill_at("assemble:write_zarr")  # test hook: inert when unset
 
 
 def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr.Dataset:

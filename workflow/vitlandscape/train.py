@@ -6,13 +6,11 @@ per-step schedule, augmentation, mixed precision); the defaults are the official
 import contextlib
 import copy
 import math
-import os
-import signal
 
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, optim, progress
+from vitlandscape import data, faults, optim, progress
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
@@ -74,8 +72,7 @@ def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=
             losses.append(loss.item())
             if record is not None:
                 record.step(step, epoch, lr, losses[-1], parts)
-            if os.environ.get("VITLANDSCAPE_SIGKILL") == f"{desc}@step{step}":  # test hook: crash mid-training
-                os.kill(os.getpid(), signal.SIGKILL)  # (tests/test_restarts.py); inert when unset
+            faults.sigkill_at_step(desc, step)  # test hook: crash mid-training; inert when unset
             step += 1
         history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr})
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", refresh=False)
