@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import checkpoints, data, objectives, outputs, stages
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape import data, objectives, stages
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.storage import checkpoints, outputs
+from vitlandscape.storage.checkpoints import CheckpointError
 from conftest import model_settings
 
 

@@ -14,10 +14,11 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape import accuracy, checkpoints, configcheck, data, formats, objectives, stages
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape import accuracy, configcheck, data, objectives, stages
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import encoder_state
+from vitlandscape.storage import checkpoints, formats
+from vitlandscape.storage.checkpoints import CheckpointError
 from conftest import TINY_ARCH, model_settings, validated
 
 CLASSES = 5

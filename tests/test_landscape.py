@@ -8,8 +8,8 @@ import torch
 import xarray as xr
 
 from vitlandscape import data, directions, grid, landscape, stages, tiles
-from vitlandscape.outputs import sha256
 from vitlandscape.models.arch import build_mae
+from vitlandscape.storage.outputs import sha256
 from conftest import model_settings
 import reference
 

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from vitlandscape import basins, figures, flatness, grid, interactive, metrics, plots, tiles
-from vitlandscape.outputs import sha256, write_netcdf
+from vitlandscape.storage.outputs import sha256, write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 11], [-1.0, 1.0, 11], [4, 4]
 SETTINGS = {"name": "m", "method": "supervised", "objective": "supervised",

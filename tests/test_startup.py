@@ -10,7 +10,7 @@ import xarray as xr
 
 from conftest import ROOT
 from vitlandscape import grid, tiles
-from vitlandscape.outputs import sha256, write_netcdf
+from vitlandscape.storage.outputs import sha256, write_netcdf
 
 pytestmark = pytest.mark.subprocess
 

@@ -8,7 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from vitlandscape import snapshots, trajectory
+from vitlandscape import trajectory
+from vitlandscape.storage import snapshots
 
 SHAPES = {"conv.weight": (4, 3, 2, 2), "fc.weight": (5, 7), "fc.bias": (5,), "cls_token": (1, 2, 6)}
 NAMES = list(SHAPES)

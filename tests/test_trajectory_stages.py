@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape import directions, landscape, snapshots, stages
+from vitlandscape import directions, landscape, stages
 from vitlandscape.models.arch import build_mae
+from vitlandscape.storage import snapshots
 
 EVERY = {"every": 3}
 

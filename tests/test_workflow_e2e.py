@@ -276,14 +276,15 @@ EVERY_STAGE = set(STAGE_RULES)
 MODEL_STAGES = {"train", "landscape", "metrics"}
 DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
-    "__init__.py": EVERY_STAGE, "outputs.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
-    "checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
-    "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "formats.py": MODEL_STAGES,
+    "__init__.py": EVERY_STAGE, "storage/__init__.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
+    "storage/outputs.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
+    "storage/checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
+    "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "storage/formats.py": MODEL_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES, "masking.py": MODEL_STAGES,
     "objectives.py": MODEL_STAGES, "stages.py": {"train"}, "train.py": {"train"}, "rcmae.py": {"train"},
     "recording.py": {"train"}, "recipes.py": {"train"}, "optim.py": {"train"}, "augment.py": {"train"},
-    "batch_augmentation.py": {"train"}, "snapshots.py": {"train", "landscape"}, "trajectory.py": {"landscape"},
+    "batch_augmentation.py": {"train"}, "storage/snapshots.py": {"train", "landscape"}, "trajectory.py": {"landscape"},
     "convergence.py": {"convergence"}, "curves.py": {"convergence", "figures"},
     "trajectory_figures.py": {"figures"},
     "accuracy.py": {"table"},
@@ -296,8 +297,8 @@ MODULE_STAGES = {
     "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
     # argument parsing, the code hashes, config checks (with the checkpoint-header and schema-error
     # helpers), the cost planner (and its throughput measurement) and the benchmark compute no result
-    "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(), "ckptheader.py": set(),
-    "schemaerrors.py": set(), "plan.py": set(), "throughput.py": set(), "bench.py": set(),
+    "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(),
+    "storage/checkpoint_header.py": set(), "schemaerrors.py": set(), "plan.py": set(), "throughput.py": set(), "bench.py": set(),
     # how jobs start (forked from a warm server) changes no result
     "warmstart.py": set(),
 }

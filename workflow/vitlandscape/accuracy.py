@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitlandscape import checkpoints
+from vitlandscape.storage import checkpoints
 
 
 def accuracy_table(metric_files, supervised_checkpoints, out) -> pd.DataFrame:

@@ -248,7 +248,7 @@ def main(argv=None) -> None:
     line and exit status 1; every other error keeps its traceback."""
     args = build_parser().parse_args(argv)
     from vitlandscape.devices import DeviceError
-    from vitlandscape.outputs import OutputError
+    from vitlandscape.storage.outputs import OutputError
     try:
         _run(args)
     except DeviceError as err:
@@ -429,7 +429,8 @@ def _bench_compare(args) -> None:
     """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
     import yaml
 
-    from vitlandscape import bench, outputs
+    from vitlandscape import bench
+    from vitlandscape.storage import outputs
     config = yaml.safe_load(Path(args.config).read_text())
     models = config["models"]
     known = surfaces_of(models)

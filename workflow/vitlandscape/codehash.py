@@ -22,7 +22,7 @@ STAGE_ENTRIES = {
     "metrics": ["curvature.py"],
     "metrics_tables": ["metrics.py"],
     "convergence": ["convergence.py"],
-    "bench": ["bench.py", "outputs.py", "configcheck.py"],
+    "bench": ["bench.py", "storage/outputs.py", "configcheck.py"],
 }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vitlandscape.curves import check_curve, compared_column, smoothed
-from vitlandscape.outputs import replacing
+from vitlandscape.storage.outputs import replacing
 
 COLUMNS = ["model", "method", "stage", "quantity", "target", "threshold", "step", "epoch", "wall_s", "reached"]
 PROBE_QUANTITY = "probe_top1"

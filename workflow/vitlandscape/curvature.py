@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from vitlandscape import data, devices, directions, flatness, grid, hessian, objectives, surface
-from vitlandscape.outputs import sha256, write_json, write_netcdf
+from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 
 def _objective(settings: dict, data_path, checkpoint, batch_size: int | None = None) -> objectives.Objective:

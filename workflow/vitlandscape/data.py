@@ -212,7 +212,7 @@ def ordered_batches(prepared: dict, split: str, batch_size: int, workers: int, d
 
 def prepare_data(cfg: dict, out) -> None:
     """The prepare-data stage: prepare the data set and write it to `out` atomically."""
-    from vitlandscape.checkpoints import atomic_save
+    from vitlandscape.storage.checkpoints import atomic_save
     prepared = prepare(cfg)
     atomic_save(prepared, out)
     n_train, n_test = split_sizes(prepared)

@@ -8,7 +8,7 @@ and the sha256 of the checkpoint the directions were normalised against.
 import torch
 from safetensors.torch import load_file, safe_open
 
-from vitlandscape.outputs import write_safetensors
+from vitlandscape.storage.outputs import write_safetensors
 
 
 def perturbed_names(model: torch.nn.Module, perturb_1d: bool, perturb_frozen: bool) -> list[str]:

@@ -12,7 +12,7 @@ import xarray as xr
 
 import vitlandscape
 from vitlandscape import data, devices, directions, faults, grid, objectives, surface, tiles
-from vitlandscape.outputs import sha256, write_json, write_netcdf
+from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 def versions() -> str:
     return f"vitlandscape {vitlandscape.__version__}, torch {torch.__version__}, timm {timm.__version__}"
@@ -38,7 +38,8 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
     """The PCA plane of a recorded training path around the weights it ended at (`checkpoint`,
     the landscape's centre): directions in the direction-file contract, over the parameters a
     random direction would perturb, and the path's coordinates and distances (`summary_out`)."""
-    from vitlandscape import snapshots, trajectory
+    from vitlandscape import trajectory
+    from vitlandscape.storage import snapshots
     ls = settings["landscape"]
     model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
     print(f"checkpoint {checkpoint}: {ckpt.label}")

@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from vitlandscape import basins, findings
-from vitlandscape.outputs import write_json
+from vitlandscape.storage.outputs import write_json
 
 # Fields of the Hessian and flatness files that say which model they measure, not what.
 IDENTITY = ("model", "method", "objective", "checkpoint", "checkpoint_sha256", "checkpoint_format", "eval_samples")

@@ -14,10 +14,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import checkpoints, data, devices, formats
+from vitlandscape import data, devices
 from vitlandscape.masking import eval_noise, random_masking
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
+from vitlandscape.storage import checkpoints, formats
 
 CLASSIFICATION = ("probe", "finetune", "supervised")
 

@@ -8,8 +8,8 @@ curve is the loss of the batch of optimizer step t, computed with the weights of
 import csv
 import time
 
-from vitlandscape.outputs import replacing
-from vitlandscape.snapshots import snapshot_steps
+from vitlandscape.storage.outputs import replacing
+from vitlandscape.storage.snapshots import snapshot_steps
 
 
 class TrainingRecord:

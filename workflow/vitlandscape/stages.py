@@ -3,11 +3,12 @@ import json
 
 import torch
 
-from vitlandscape import checkpoints, data, devices, formats, objectives, recipes, train
+from vitlandscape import data, devices, objectives, recipes, train
 from vitlandscape.batch_augmentation import Augmentation
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
-from vitlandscape.outputs import sha256, write_json
+from vitlandscape.storage import checkpoints, formats
+from vitlandscape.storage.outputs import sha256, write_json
 
 
 # Batch size of accuracy and feature passes (no gradients).
@@ -178,7 +179,8 @@ def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, sna
     curve and weight snapshots on `schedule`: a changed schedule then never retrains the
     checkpoint the landscapes are drawn around. The replay's final weights must reproduce
     `checkpoint` (the stage's result); `pretrained`: the checkpoint a probe or fine-tuning starts from."""
-    from vitlandscape import recording, snapshots
+    from vitlandscape import recording
+    from vitlandscape.storage import snapshots
     device = devices.resolve(device)
     prepared = data.load_prepared(data_path)
     record = recording.TrainingRecord(schedule)
@@ -217,7 +219,7 @@ def replay_difference(replayed: dict, saved: dict, checkpoint) -> float:
 def snapshot_probes(cfg: dict, data_path, snapshots_path, count: int, out, device="cpu", workers=0) -> dict:
     """Linear-probe test top-1 of `count` snapshots of a recorded pretraining (evenly spread,
     the first and the last included), each probed as the `probe` stage probes the final encoder."""
-    from vitlandscape import snapshots
+    from vitlandscape.storage import snapshots
     device = devices.resolve(device)
     prepared = data.load_prepared(data_path)
     steps, states, _ = snapshots.load_snapshots(snapshots_path)

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from vitlandscape import faults, grid
-from vitlandscape.outputs import replacing, sha256
+from vitlandscape.storage.outputs import replacing, sha256
 
 # Attributes every tile of one surface must agree on (checked at assembly).
 PROVENANCE = ("model", "method", "objective", "checkpoint", "checkpoint_sha256", "directions_sha256",

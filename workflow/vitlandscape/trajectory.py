@@ -1,4 +1,4 @@
-"""The PCA plane of a training path (Li et al. 2018, section 7), from its snapshots (snapshots.py).
+"""The PCA plane of a training path (Li et al. 2018, section 7), from its snapshots (storage/snapshots.py).
 
 The plane follows the direction-file contract (`x.<param>`, `y.<param>`), centred on the final
 weights: a surface drawn around them carries the path. PCA works on the n x n Gram matrix of

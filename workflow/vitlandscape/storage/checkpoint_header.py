@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from vitlandscape import checkpoints, formats
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape.storage import checkpoints, formats
+from vitlandscape.storage.checkpoints import CheckpointError
 
 
 def read(path, prefer: str = "teacher", trusted: bool = False) -> formats.Checkpoint:

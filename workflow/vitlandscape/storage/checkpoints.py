@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vitlandscape import outputs
+from vitlandscape.storage import outputs
 
 
 class CheckpointError(ValueError):

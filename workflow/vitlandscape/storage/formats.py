@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from vitlandscape import checkpoints
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape.storage import checkpoints
+from vitlandscape.storage.checkpoints import CheckpointError
 
 FORMATS = ("vitlandscape", "mae_pretrain", "rcmae_release", "mae_encoder", "mae_finetuned", "mae_linprobe",
            "timm_vit")
@@ -102,11 +102,11 @@ def _unrecognised(path, ckpt: dict, state: dict | None) -> CheckpointError:
     names = ", ".join(list(state)[:8]) if state else "none"
     return CheckpointError(
         f"checkpoint {path} is in no supported format (top-level keys: {top}; parameter names: {names}). "
-        f"Supported: {', '.join(FORMATS)} (see workflow/vitlandscape/formats.py and config/README.md)")
+        f"Supported: {', '.join(FORMATS)} (see workflow/vitlandscape/storage/formats.py and config/README.md)")
 
 
 def read(path, prefer: str = "teacher", trusted: bool = False) -> Checkpoint:
-    """Load a checkpoint file and recognise its format (`ckptheader.read` does so without
+    """Load a checkpoint file and recognise its format (`checkpoint_header.read` does so without
     reading the tensors).
 
     `prefer` picks `teacher` or `student` from an RC-MAE release checkpoint (and from

@@ -12,7 +12,7 @@ import re
 import torch
 from safetensors import SafetensorError, safe_open
 
-from vitlandscape.outputs import write_safetensors
+from vitlandscape.storage.outputs import write_safetensors
 
 SPACINGS = ("linear", "log")
 _NAME = re.compile(r"step(0|[1-9][0-9]*)\.(.+)", re.DOTALL)
