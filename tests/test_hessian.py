@@ -8,9 +8,9 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vitlandscape import figures, hessian, objectives
-from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.masking import eval_noise
 
 MICRO = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2,
          "decoder_embed_dim": 8, "decoder_depth": 1, "decoder_num_heads": 2}

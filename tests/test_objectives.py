@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from vitlandscape import objectives
-from vitlandscape.masking import eval_noise
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.masking import eval_noise
 from conftest import TINY_ARCH, model_settings
 import reference
 

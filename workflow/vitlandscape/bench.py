@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Normalize
 
 from vitlandscape import data, devices, directions, objectives, surface
-from vitlandscape.masking import eval_noise
+from vitlandscape.models.masking import eval_noise
 
 RTOL = 1e-4  # peers' losses against the engine's, relative
 PEERS = ("loss_landscapes", "li_loop")

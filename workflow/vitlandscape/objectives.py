@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from vitlandscape import data, devices
-from vitlandscape.masking import eval_noise, random_masking
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
+from vitlandscape.models.masking import eval_noise, random_masking
 from vitlandscape.storage import checkpoints, formats
 
 CLASSIFICATION = ("probe", "finetune", "supervised")
