@@ -12,7 +12,8 @@ import torch
 import yaml
 from loss_landscapes.metrics import Metric
 
-from vitlandscape import bench, cli, data, stages
+from vitlandscape import bench, cli, stages
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from conftest import ROOT, model_settings, planned_jobs
 
@@ -29,7 +30,7 @@ def run_config(tmp_path_factory):
              labels=np.arange(60) % 3)
     data_cfg = {"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16, "eval_samples": 24, "seed": 0,
                 "test_fraction": 0.25}
-    data.prepare_data(data_cfg, root / "data.pt")
+    prepare.prepare_data(data_cfg, root / "data.pt")
     torch.manual_seed(0)
     cfg = model_settings("mae")
     torch.save({"model": build_mae(cfg["arch"]).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import data, objectives, stages
+from vitlandscape import objectives, stages
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, outputs
@@ -48,8 +49,8 @@ def test_rcmae_release_format_loads_teacher_or_student(tmp_path, mae_state):
 
 def test_workflow_checkpoint_loads(tmp_path, npz_dataset):
     data_file = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
-                         "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, data_file)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+                          "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, data_file)
     for method in ("mae", "rcmae"):
         cfg = model_settings(method)
         ckpt = stages.pretrain(cfg, data_file, tmp_path / f"{method}.pt")

@@ -34,7 +34,8 @@ import json, shutil, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from vitlandscape import curvature, data, grid, landscape, stages, tiles
+from vitlandscape import curvature, grid, landscape, stages, tiles
+from vitlandscape.data import prepare
 
 S = json.loads(Path(sys.argv[1]).read_text())
 ls = S["pretext"]["landscape"]
@@ -49,8 +50,8 @@ def line():
     landscape.line(S["probe_objective"], "data.pt", "probe.pt", "probe_dirs.safetensors", "line.nc")
 
 RUN = {
-    "data": lambda: data.prepare_data(S["data"], "data.pt"),
-    "folder": lambda: data.prepare_data(S["folder"], "folder.pt"),
+    "data": lambda: prepare.prepare_data(S["data"], "data.pt"),
+    "folder": lambda: prepare.prepare_data(S["folder"], "folder.pt"),
     "supervised": lambda: stages.pretrain(S["supervised"], "data.pt", "supervised.pt"),
     "mae": lambda: stages.pretrain(S["mae"], "data.pt", "mae.pt"),
     "rcmae": lambda: stages.pretrain(S["rcmae"], "data.pt", "rcmae.pt"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import data, directions, grid, landscape, stages, tiles
+from vitlandscape import directions, grid, landscape, stages, tiles
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage.outputs import sha256
 from conftest import model_settings
@@ -24,8 +25,8 @@ def setup(tmp_path_factory):
     labels = np.arange(60) % 3
     images = rng.integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
     np.savez(root / "data.npz", images=images, labels=labels)
-    data.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
-                         "eval_samples": 24, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
+                          "eval_samples": 24, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
     torch.manual_seed(0)
     cfg = model_settings("mae")
     mae = build_mae(cfg["arch"])
@@ -60,7 +61,7 @@ def compute_surface(root, s, name):
 
 
 def eval_set(root):
-    prepared = data.load_prepared(root / "data.pt")
+    prepared = prepare.load_prepared(root / "data.pt")
     index = prepared["eval_index"]
     return prepared["train_images"][index], prepared["train_labels"][index]
 

@@ -11,7 +11,8 @@ import xarray as xr
 
 import reference
 from conftest import model_settings
-from vitlandscape import curvature, data, metrics
+from vitlandscape import curvature, metrics
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 
 MICRO = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2,
@@ -27,8 +28,8 @@ def micro(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.savez(root / "data.npz", images=rng.integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8),
              labels=np.arange(20) % 2)
-    data.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 8, "eval_samples": 6,
-                         "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 8, "eval_samples": 6,
+                          "seed": 0, "test_fraction": 0.25}, root / "data.pt")
     torch.manual_seed(0)
     torch.save({"model": build_mae(MICRO).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},
                root / "mae.pth")

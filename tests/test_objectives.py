@@ -117,12 +117,12 @@ def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, cap
 def test_a_streamed_subset_stays_uint8_and_gives_the_same_losses(tmp_path, objective):
     """Streamed (uint8) evaluation images are normalised batch by batch on the device, and
     pretext targets recomputed per batch: the same numbers as the float subset, bit for bit."""
-    from vitlandscape import data
+    from vitlandscape.data import prepare
     torch.manual_seed(5)
     pixels = torch.randint(0, 256, (N, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(N) % 3
     streamed = {"streaming": True, "eval_images": pixels, "eval_labels": labels}
-    in_memory = {"train_images": data.normalise(pixels), "train_labels": labels, "eval_index": torch.arange(N)}
+    in_memory = {"train_images": prepare.normalise(pixels), "train_labels": labels, "eval_index": torch.arange(N)}
     if objective == "pretext":
         torch.save({"model": build_mae(TINY_ARCH, norm_pix_loss=True).state_dict()}, tmp_path / "m.pth")
     else:

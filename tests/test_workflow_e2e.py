@@ -278,7 +278,8 @@ DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
     "__init__.py": EVERY_STAGE, "storage/__init__.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
     "storage/outputs.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
-    "storage/checkpoints.py": DATA_STAGES | {"table"}, "data.py": DATA_STAGES, "imagefolder.py": DATA_STAGES,
+    "storage/checkpoints.py": DATA_STAGES | {"table"}, "data/__init__.py": DATA_STAGES, "data/common.py": DATA_STAGES,
+    "data/prepare.py": DATA_STAGES, "data/imagefolder.py": DATA_STAGES,
     "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES, "storage/formats.py": MODEL_STAGES,
     "models/__init__.py": MODEL_STAGES, "models/arch.py": MODEL_STAGES, "models/mae.py": MODEL_STAGES,
     "models/classifier.py": MODEL_STAGES, "models/posembed.py": MODEL_STAGES,

@@ -26,7 +26,7 @@ from vitlandscape import warmstart  # noqa: E402
 STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.stages",
           "directions / tiles / lines / trajectory plane": "vitlandscape.landscape",
           "hessian / flatness": "vitlandscape.curvature",
-          "prepare-data": "vitlandscape.data",
+          "prepare-data": "vitlandscape.data.prepare",
           "assemble": "vitlandscape.tiles",
           "figures": "vitlandscape.plots",
           "metrics tables": "vitlandscape.metrics",

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from timm.data import Mixup
 
-from vitlandscape import augment, data
+from vitlandscape import augment
+from vitlandscape.data import common
 
 
 class Augmentation:
@@ -34,7 +35,7 @@ class Augmentation:
         if recipe["hflip"]:
             images = augment.horizontal_flip(images, p=recipe["hflip"], generator=generator)
         if recipe["rand_augment"]:
-            mean, std = data.IMAGENET_MEAN.to(images.device), data.IMAGENET_STD.to(images.device)
+            mean, std = common.IMAGENET_MEAN.to(images.device), common.IMAGENET_STD.to(images.device)
             pixels = (images * std + mean).clamp(0, 1)
             ra = recipe["rand_augment"]
             pixels = augment.rand_augment(pixels, num_ops=ra["num_ops"], magnitude=ra["magnitude"],

@@ -31,7 +31,8 @@ from loss_landscapes.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Normalize
 
-from vitlandscape import data, devices, directions, objectives, surface
+from vitlandscape import devices, directions, objectives, surface
+from vitlandscape.data import common, prepare as data_prepare
 from vitlandscape.models.masking import eval_noise
 
 RTOL = 1e-4  # peers' losses against the engine's, relative
@@ -70,14 +71,14 @@ def prepare(case: dict) -> Setup:
     """`case`: model settings, objective, checkpoint, data, landscape settings, grid side, device."""
     ls, model_cfg = case["landscape"], case["model"]
     device = devices.resolve(case["device"])
-    prepared = data.load_prepared(case["data"])
+    prepared = data_prepare.load_prepared(case["data"])
     model, _ = objectives.load(case["objective"], case["checkpoint"], model_cfg)
-    stored, labels = data.eval_set(prepared, device, normalised=False)
+    stored, labels = data_prepare.eval_set(prepared, device, normalised=False)
     objective = objectives.from_model(case["objective"], model.to(device), stored, labels, ls["batch_size"],
                                       ls["mask_seed"], model_cfg["mask_ratio"])
     dirs = directions.split(directions.make(model, ls["direction_seed"], ls["normalization"], ls["perturb_1d"],
                                             ls["perturb_frozen"], ls["orthogonal"]))
-    images, labels = data.eval_set(prepared, "cpu")
+    images, labels = data_prepare.eval_set(prepared, "cpu")
     extras = labels if case["objective"] != "pretext" else eval_noise(len(images), model.patch_embed.num_patches,
                                                                       ls["mask_seed"])
     return Setup(objective, dirs, *grid_axes(case), images, extras, ls["batch_size"])
@@ -157,7 +158,7 @@ class PixelImages(Dataset):
     the loaders of Li et al.'s tool do (ToTensor + Normalize)."""
 
     def __init__(self, images: torch.Tensor, extras: torch.Tensor):
-        mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
+        mean, std = common.IMAGENET_MEAN, common.IMAGENET_STD
         self.pixels, self.extras = images * std + mean, extras
         self.transform = Normalize(mean.flatten().tolist(), std.flatten().tolist())
 

@@ -310,8 +310,8 @@ def _compute(args) -> None:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.stage == "prepare-data":
-        from vitlandscape import data
-        data.prepare_data(args.settings, args.out)
+        from vitlandscape.data import prepare
+        prepare.prepare_data(args.settings, args.out)
     elif args.stage == "accuracy-table":
         from vitlandscape import accuracy
         supervised = dict(item.split("=", 1) for item in args.supervised)

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vitlandscape import data, devices, directions, flatness, grid, hessian, objectives, surface
+from vitlandscape import devices, directions, flatness, grid, hessian, objectives, surface
+from vitlandscape.data import prepare
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 
 def _objective(settings: dict, data_path, checkpoint, batch_size: int | None = None) -> objectives.Objective:
     ls = settings["landscape"]
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     return objectives.build(settings["objective"], checkpoint, settings, prepared, batch_size or ls["batch_size"],
                             ls["mask_seed"], devices.resolve(ls["device"]))
 

@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 
 import vitlandscape
-from vitlandscape import data, devices, directions, faults, grid, objectives, surface, tiles
+from vitlandscape import devices, directions, faults, grid, objectives, surface, tiles
+from vitlandscape.data import prepare
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 def versions() -> str:
@@ -71,7 +72,7 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
     """Objective, in-place perturbation and provenance attributes for one surface."""
     ls = settings["landscape"]
     device = devices.resolve(ls["device"])
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     objective = objectives.build(settings["objective"], checkpoint, settings, prepared, ls["batch_size"],
                                  ls["mask_seed"], device, ls["precision"])
     dirs, meta = directions.load(directions_path)
@@ -151,7 +152,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     """
     ls = settings["landscape"]
     device = devices.resolve(ls["device"])
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     objective = objectives.build(settings["objective"], start, settings, prepared, ls["batch_size"],
                                  ls["mask_seed"], device, ls["precision"])
     end_settings = {**settings, "trust_checkpoint": settings.get("end_trust_checkpoint", False)}

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, devices
+from vitlandscape import devices
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
 from vitlandscape.models.masking import eval_noise, random_masking
@@ -117,7 +118,7 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
     """Model and evaluation batches, all on `device`, for one objective evaluated in `precision`."""
     model, ckpt = load(objective, checkpoint, model_cfg)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
-    images, labels = data.eval_set(prepared, device, normalised=False)
+    images, labels = prepare.eval_set(prepared, device, normalised=False)
     built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"])
     built.info["checkpoint_format"] = ckpt.format
     built.precision = precision
@@ -131,7 +132,7 @@ def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, lab
     streamed = images.dtype == torch.uint8
     info = {"eval_samples": len(images)}
     if objective != "pretext":
-        batches = data.chunks(images, labels, batch_size)
+        batches = prepare.chunks(images, labels, batch_size)
     else:
         noise = eval_noise(len(images), model.patch_embed.num_patches, mask_seed).to(images.device)
         info.update(mask_seed=mask_seed, mask_ratio=mask_ratio)
@@ -142,4 +143,4 @@ def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, lab
                 # Targets are cached for in-memory data; for a streamed (large) subset they
                 # are recomputed per batch, which costs little next to the forward pass.
                 batches.append((x, noise[i:i + batch_size], None if streamed else model.targets(x)))
-    return Objective(objective, model, batches, info, inputs=data.normalise if streamed else (lambda x: x))
+    return Objective(objective, model, batches, info, inputs=prepare.normalise if streamed else (lambda x: x))

@@ -91,7 +91,7 @@ def default_train_images(config: dict) -> int | None:
         return None
     data = config["data"]
     if data["dataset"] == "digits":
-        return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare
+        return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare.prepare
     if data["dataset"] == "imagefolder":
         return IMAGENET_TRAIN_IMAGES
     raise PlanError(f"the number of training images of data.dataset {data['dataset']} is not known from "

@@ -3,8 +3,9 @@ import json
 
 import torch
 
-from vitlandscape import data, devices, objectives, recipes, train
+from vitlandscape import devices, objectives, recipes, train
 from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats
@@ -29,7 +30,7 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
     """Train one model from scratch: MAE, RC-MAE (student + EMA teacher) or supervised ViT.
     `workers`: DataLoader processes for streamed data."""
     device = devices.resolve(device)
-    ckpt = train_from_scratch(cfg, data.load_prepared(data_path), device, workers)
+    ckpt = train_from_scratch(cfg, prepare.load_prepared(data_path), device, workers)
     checkpoints.atomic_save(ckpt, out)
     return ckpt
 
@@ -38,7 +39,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
     """The checkpoint `pretrain` saves; `record` (recording.TrainingRecord) follows the training."""
     method = cfg["method"]
     hp = recipes.resolve(cfg, "pretrain")
-    batches = data.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
+    batches = prepare.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
     augmentation = batch_augmentation(hp, prepared)
     torch.manual_seed(cfg["seed"])
     if method == "supervised":
@@ -48,7 +49,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
                                  drop_path=hp["recipe"]["drop_path"]).to(device)
         history = train.train_classifier(model, batches, hp, desc="supervised", record=record,
                                          augmentation=augmentation)
-        top1 = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
+        top1 = train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
                 "num_classes": prepared["num_classes"], "model": cpu_state(model),
                 "history": history, "test_top1": top1}
@@ -73,7 +74,7 @@ def batch_augmentation(hp: dict, prepared: dict) -> Augmentation | None:
     """The recipe's augmentation of each training batch, or None when it changes nothing; a
     streamed folder's loader has cropped and flipped each image already."""
     recipe = hp["recipe"]
-    if data.is_streaming(prepared):
+    if prepare.is_streaming(prepared):
         recipe = {**recipe, "crop_scale": None, "hflip": 0.0}
     if not recipes.augments(recipe):
         return None
@@ -84,10 +85,10 @@ def batch_augmentation(hp: dict, prepared: dict) -> Augmentation | None:
 def train_top1(model, prepared: dict, device) -> tuple[float, int]:
     """(top-1, images) on the training split; for streamed data on its evaluation subset,
     as a pass over every training image would cost as much as an epoch."""
-    if data.is_streaming(prepared):
-        batches = data.chunks(*data.eval_set(prepared, device), EVAL_BATCH)
+    if prepare.is_streaming(prepared):
+        batches = prepare.chunks(*prepare.eval_set(prepared, device), EVAL_BATCH)
     else:
-        batches = data.ordered_batches(prepared, "train", EVAL_BATCH, 0, device)
+        batches = prepare.ordered_batches(prepared, "train", EVAL_BATCH, 0, device)
     return train.accuracy(model, batches), sum(len(labels) for _, labels in batches)
 
 
@@ -106,9 +107,9 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
 
     def run(state, record=None):
         if cached:
-            batches = data.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
+            batches = prepare.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
         else:
-            batches = data.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
+            batches = prepare.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
         return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
                                 None if cached else batch_augmentation(hp, prepared))
     return run
@@ -117,13 +118,13 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
 def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu", workers=0) -> dict:
     """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
     device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     pretrained = read_pretrained(cfg, checkpoint)
     run = downstream_training(cfg, stage, prepared, device, workers)
     arch = resolve_arch(cfg["arch"], with_decoder=False)
 
     def test_top1(model):
-        return train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
+        return train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
 
     model, history = run(formats.encoder_source(pretrained))
     top1, images = train_top1(model, prepared, device)
@@ -149,7 +150,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
     """Test top-1 of a given (released or earlier) probe, fine-tuned or supervised checkpoint,
     for the accuracy table beside the stages the workflow trains."""
     device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     model, ckpt = objectives.load(stage, checkpoint, cfg)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     classes = model.num_classes
@@ -158,7 +159,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
                          f"{prepared['dataset']} has {prepared['num_classes']}")
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
                "test_top1": train.accuracy(model.to(device),
-                                           data.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
+                                           prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
                "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
                "checkpoint_format": ckpt.format}
     write_json(metrics, metrics_out)
@@ -182,7 +183,7 @@ def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, sna
     from vitlandscape import recording
     from vitlandscape.storage import snapshots
     device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     record = recording.TrainingRecord(schedule)
     if stage == "pretrain":
         train_from_scratch(cfg, prepared, device, workers, record)
@@ -221,14 +222,14 @@ def snapshot_probes(cfg: dict, data_path, snapshots_path, count: int, out, devic
     the first and the last included), each probed as the `probe` stage probes the final encoder."""
     from vitlandscape.storage import snapshots
     device = devices.resolve(device)
-    prepared = data.load_prepared(data_path)
+    prepared = prepare.load_prepared(data_path)
     steps, states, _ = snapshots.load_snapshots(snapshots_path)
     picked = sorted({round(i * (len(steps) - 1) / max(1, count - 1)) for i in range(count)})
     run = downstream_training(cfg, "probe", prepared, device, workers)
     accuracies = {}
     for i in picked:
         model, _ = run(states[i])
-        accuracies[steps[i]] = train.accuracy(model, data.ordered_batches(prepared, "test", EVAL_BATCH, workers,
+        accuracies[steps[i]] = train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers,
                                                                            device))
         print(f"{cfg['name']} snapshot at step {steps[i]}: probe test top-1 {accuracies[steps[i]]:.4f}")
     result = {"model": cfg["name"], "stage": "pretrain", "snapshots": str(snapshots_path),

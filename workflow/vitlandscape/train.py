@@ -10,7 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import data, faults, optim, progress
+from vitlandscape import faults, optim, progress
+from vitlandscape.data import prepare
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
 
@@ -39,7 +40,7 @@ def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=
 
     `groups`: optim.param_groups, each group's lr is the schedule's times its `lr_scale`.
     `batches` yields one epoch of (images, labels) per iteration and has `len()` steps
-    (`data.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
+    (`data.prepare.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
     parameters' device and augmented by `augmentation` (batch_augmentation.Augmentation), if any.
     `record` (recording.TrainingRecord, watching its model): one curve row a step, and its
     snapshots. Returns a per-epoch history of mean loss and learning rate.
@@ -187,7 +188,7 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentati
     model.requires_grad_(False)
     model.head.requires_grad_(True)
     if cached:
-        batches = data.TensorBatches(cls_features(model, batches), hp["batch_size"], hp["seed"])
+        batches = prepare.TensorBatches(cls_features(model, batches), hp["batch_size"], hp["seed"])
     model.eval()
     model.head.train()
 

@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from vitlandscape import data, progress
+from vitlandscape import progress
+from vitlandscape.data import common
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
-_NORMALISE = [transforms.ToTensor(), transforms.Normalize(data.IMAGENET_MEAN.flatten().tolist(),
-                                                          data.IMAGENET_STD.flatten().tolist())]
+_NORMALISE = [transforms.ToTensor(), transforms.Normalize(common.IMAGENET_MEAN.flatten().tolist(),
+                                                          common.IMAGENET_STD.flatten().tolist())]
 
 
 def _centre_crop(size: int) -> list:
@@ -44,28 +45,28 @@ def _folder(path: Path, transform=None) -> ImageFolder:
     try:
         return ImageFolder(path, transform=transform)
     except OSError as err:  # no class folder, or no image in one
-        raise data.DataError(f"data.path: cannot read {path} as an image folder: {err}") from err
+        raise common.DataError(f"data.path: cannot read {path} as an image folder: {err}") from err
 
 
 def prepare(cfg: dict) -> dict:
     """Scan `train/` (and `val/`), decode the evaluation subset, keep the rest on disk."""
-    root = data.require_path(cfg).resolve()
+    root = common.require_path(cfg).resolve()
     if not (root / "train").is_dir():
-        raise data.DataError(f"data.path {root} has no 'train' folder (ImageFolder layout expected)")
+        raise common.DataError(f"data.path {root} has no 'train' folder (ImageFolder layout expected)")
     train = _folder(root / "train")
     folders = {"train": len(train)}
     if (root / "val").is_dir():
         test = _folder(root / "val")
         if test.classes != train.classes:
-            raise data.DataError(f"data.path {root}: the class folders of val/ ({len(test.classes)}) "
-                                 f"differ from those of train/ ({len(train.classes)})")
+            raise common.DataError(f"data.path {root}: the class folders of val/ ({len(test.classes)}) "
+                                         f"differ from those of train/ ({len(train.classes)})")
         folders["val"] = len(test)
         train_index = test_index = None  # whole folders
         sizes = len(train), len(test)
     else:  # hold out data.test_fraction of train/, as for the other data sets
-        train_index, test_index = data.split(len(train), cfg["test_fraction"], cfg["seed"])
+        train_index, test_index = common.split(len(train), cfg["test_fraction"], cfg["seed"])
         sizes = len(train_index), len(test_index)
-    eval_index = data.eval_indices(sizes[0], cfg["eval_samples"], cfg["seed"])
+    eval_index = common.eval_indices(sizes[0], cfg["eval_samples"], cfg["seed"])
     files = eval_index if train_index is None else train_index[eval_index]
     return {"streaming": True, "dataset": "imagefolder", "root": str(root), "folders": folders,
             "test_folder": "val" if "val" in folders else "train",
@@ -94,8 +95,8 @@ def dataset(prepared: dict, split: str, transform) -> torch.utils.data.Dataset:
     path = Path(prepared["root"]) / name
     folder = _folder(path, transform)
     if len(folder) != prepared["folders"][name]:
-        raise data.DataError(f"{path} now holds {len(folder)} images, {prepared['folders'][name]} when the data "
-                             f"were prepared: rerun prepare_data (delete results/data/imagefolder.pt)")
+        raise common.DataError(f"{path} now holds {len(folder)} images, {prepared['folders'][name]} when the data "
+                                     f"were prepared: rerun prepare_data (delete results/data/imagefolder.pt)")
     index = prepared[f"{split}_index"]
     return folder if index is None else Subset(folder, index.tolist())
 

@@ -2,7 +2,7 @@
 
 Supported: `digits` (bundled with scikit-learn), `npz`, `cifar` (python-pickle batches),
 all held in memory, and `imagefolder` (ImageNet layout, `train/` and optional `val/`),
-streamed from disk (see `imagefolder.py`): its prepared file holds only the evaluation
+streamed from disk (see `data/imagefolder.py`): its prepared file holds only the evaluation
 subset, as uint8. Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized
 to `image_size` and normalised with the ImageNet mean/std, as MAE does.
 
@@ -16,12 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-class DataError(ValueError):
-    pass
+from vitlandscape.data.common import IMAGENET_MEAN, IMAGENET_STD, DataError, eval_indices, require_path, split
 
 
 def to_model_input(images: np.ndarray, image_size: int, max_value: float) -> torch.Tensor:
@@ -36,12 +31,6 @@ def to_model_input(images: np.ndarray, image_size: int, max_value: float) -> tor
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
                           antialias=x.shape[-1] > image_size)
     return ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
-
-
-def split(n: int, test_fraction: float, seed: int):
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(n * test_fraction))
-    return order[n_test:].sort().values, order[:n_test].sort().values
 
 
 def _digits(cfg):
@@ -79,22 +68,13 @@ def _cifar(cfg):
     return *read(train), *(read(test) if test else (None, None)), 255.0
 
 
-def require_path(cfg) -> Path:
-    if not cfg.get("path"):
-        raise DataError(f"data.path is required for dataset {cfg['dataset']!r}")
-    path = Path(cfg["path"])
-    if not path.exists():
-        raise DataError(f"data.path {path} does not exist")
-    return path
-
-
 LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar}  # in memory; imagefolder streams
 
 
 def prepare(cfg: dict) -> dict:
     """Load the configured data set into tensors, with the seeded evaluation subset."""
     if cfg["dataset"] == "imagefolder":
-        from vitlandscape import imagefolder
+        from vitlandscape.data import imagefolder
         return imagefolder.prepare(cfg)
     if cfg["dataset"] not in LOADERS:
         raise DataError(f"data.dataset {cfg['dataset']!r} is not one of {', '.join(LOADERS)}, imagefolder")
@@ -116,14 +96,6 @@ def prepare(cfg: dict) -> dict:
             "eval_index": eval_idx,
             "num_classes": int(max(train_y.max(), test_y.max() if len(test_y) else 0)) + 1,
             "dataset": cfg["dataset"], "image_size": cfg["image_size"]}
-
-
-def eval_indices(n_train: int, eval_samples: int, seed: int) -> torch.Tensor:
-    """A seeded subset of the training split; the whole split in stored order when it is smaller."""
-    if eval_samples >= n_train:
-        return torch.arange(n_train)
-    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + 1))
-    return order[:eval_samples].sort().values
 
 
 def load_prepared(path) -> dict:
@@ -196,7 +168,7 @@ def train_batches(prepared: dict, recipe: dict, batch_size: int, seed: int, work
     augments those on their device).
     """
     if is_streaming(prepared):
-        from vitlandscape import imagefolder
+        from vitlandscape.data import imagefolder
         return imagefolder.train_loader(prepared, recipe, batch_size, seed, workers, torch.device(device))
     return TensorBatches((prepared["train_images"].to(device), prepared["train_labels"].to(device)),
                          batch_size, seed)
@@ -205,7 +177,7 @@ def train_batches(prepared: dict, recipe: dict, batch_size: int, seed: int, work
 def ordered_batches(prepared: dict, split: str, batch_size: int, workers: int, device):
     """(images, labels) batches of the 'train' or 'test' split in stored order, not augmented."""
     if is_streaming(prepared):
-        from vitlandscape import imagefolder
+        from vitlandscape.data import imagefolder
         return imagefolder.ordered_loader(prepared, split, batch_size, workers, torch.device(device))
     return chunks(prepared[f"{split}_images"].to(device), prepared[f"{split}_labels"].to(device), batch_size)
 
