@@ -12,9 +12,10 @@ import torch
 import yaml
 from loss_landscapes.metrics import Metric
 
-from vitlandscape import bench, cli, stages
+from vitlandscape import bench, cli
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
+from vitlandscape.train import stages
 from conftest import ROOT, model_settings, planned_jobs
 
 GRID = 3  # alphas = betas = (-1, 0, 1)

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import objectives, stages
+from vitlandscape import objectives
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, outputs
 from vitlandscape.storage.checkpoints import CheckpointError
+from vitlandscape.train import stages
 from conftest import model_settings
 
 

@@ -34,8 +34,9 @@ import json, shutil, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from vitlandscape import curvature, grid, landscape, stages, tiles
+from vitlandscape import curvature, grid, landscape, tiles
 from vitlandscape.data import prepare
+from vitlandscape.train import stages
 
 S = json.loads(Path(sys.argv[1]).read_text())
 ls = S["pretext"]["landscape"]

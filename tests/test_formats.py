@@ -14,12 +14,13 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape import accuracy, configcheck, objectives, stages
+from vitlandscape import accuracy, configcheck, objectives
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import encoder_state
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.checkpoints import CheckpointError
+from vitlandscape.train import stages
 from conftest import TINY_ARCH, model_settings, validated
 
 CLASSES = 5

@@ -7,10 +7,11 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import directions, grid, landscape, stages, tiles
+from vitlandscape import directions, grid, landscape, tiles
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage.outputs import sha256
+from vitlandscape.train import stages
 from conftest import model_settings
 import reference
 

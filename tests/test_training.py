@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vitlandscape import optim, stages
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
+from vitlandscape.train import optim, stages
 from conftest import make_image_folder, model_settings
 
 

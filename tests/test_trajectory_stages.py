@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape import directions, landscape, stages
+from vitlandscape import directions, landscape
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage import snapshots
+from vitlandscape.train import stages
 
 EVERY = {"every": 3}
 

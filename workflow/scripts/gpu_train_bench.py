@@ -21,10 +21,11 @@ import time
 
 import torch
 
-from vitlandscape import augment, optim, recipes, train
+from vitlandscape import augment
 from vitlandscape.batch_augmentation import Augmentation
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.train import loops, optim, recipes
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -50,7 +51,7 @@ def training_step(model, loss_of, hp: dict, precision: str):
     device = next(model.parameters()).device
 
     def step():
-        with train.autocast(device, precision):
+        with loops.autocast(device, precision):
             loss = loss_of()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,7 +96,7 @@ def run(arch: str, batch: int, repeats: int, device: torch.device) -> dict:
                                   drop_path=fine_hp["recipe"]["drop_path"]).to(device).train()
     noise = torch.rand(batch, mae.patch_embed.num_patches, device=device)
     losses = {"pretrain": (mae, lambda: mae(images, 0.75, noise)[0], pre_hp),
-              "finetune": (classifier, lambda: train.classification_loss(classifier(mixed), targets, 0.0), fine_hp)}
+              "finetune": (classifier, lambda: loops.classification_loss(classifier(mixed), targets, 0.0), fine_hp)}
     for stage, (model, loss_of, hp) in losses.items():
         for precision in ("fp32", "bf16"):
             if device.type == "cuda":

@@ -23,7 +23,7 @@ sys.path.insert(0, str(LIBDIR))
 from vitlandscape import warmstart  # noqa: E402
 
 # The modules each kind of job imports before it computes (cli.py's dispatch).
-STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.stages",
+STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.train.stages",
           "directions / tiles / lines / trajectory plane": "vitlandscape.landscape",
           "hessian / flatness": "vitlandscape.curvature",
           "prepare-data": "vitlandscape.data.prepare",

@@ -1,4 +1,4 @@
-"""A training recipe's augmentation of each batch (recipes.py), on the batch's device; the
+"""A training recipe's augmentation of each batch (train/recipes.py), on the batch's device; the
 operations themselves are in augment.py."""
 import numpy as np
 import torch

@@ -327,7 +327,7 @@ def _compute(args) -> None:
 
 
 def _train(args) -> None:
-    from vitlandscape import stages
+    from vitlandscape.train import stages
     if args.stage == "pretrain":
         stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):

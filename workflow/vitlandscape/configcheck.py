@@ -6,8 +6,9 @@ Each problem names the config key at fault, the value and what is expected.
 import zipfile
 from pathlib import Path
 
-from vitlandscape import findings, recipes, schemaerrors
+from vitlandscape import findings, schemaerrors
 from vitlandscape.models.arch import DECODER_KEYS, PRESETS
+from vitlandscape.train import recipes
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
 ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},

@@ -79,7 +79,7 @@ def _loss_rows(model: str, curve: pd.DataFrame, column: str, fractions: list[flo
 
 def _probe_rows(model: str, curve: pd.DataFrame, accuracies: dict, fractions: list[float], meta: dict) -> list[dict]:
     """Targets `of_final_{f}`: the first snapshot with accuracy >= f times the last snapshot's.
-    `accuracies` maps snapshot steps (optimizer steps done, as in recording.py) to top-1."""
+    `accuracies` maps snapshot steps (optimizer steps done, as in train/recording.py) to top-1."""
     steps = sorted(int(step) for step in accuracies)
     by_step = {int(step): float(value) for step, value in accuracies.items()}
     top1 = np.array([by_step[step] for step in steps])

@@ -1,4 +1,4 @@
-"""Training curves (recording.py writes them: one row per optimizer step): the checks they must
+"""Training curves (train/recording.py writes them: one row per optimizer step): the checks they must
 pass and their smoothing, shared by the convergence table and the figures that draw them.
 Imports neither torch nor timm.
 """

@@ -11,8 +11,9 @@ torch: `vitlandscape.throughput` measures the rates that replace the assumed one
 """
 import math
 
-from vitlandscape import configcheck, grid, recipes
+from vitlandscape import configcheck, grid
 from vitlandscape.models.arch import resolve_arch
+from vitlandscape.train import recipes
 
 MLP_RATIO = 4
 # Sustained throughput when none is given: the grid engine (fp32) evaluating ViT-B/16 and

@@ -59,7 +59,7 @@ def prepare(cfg: dict) -> dict:
         test = _folder(root / "val")
         if test.classes != train.classes:
             raise common.DataError(f"data.path {root}: the class folders of val/ ({len(test.classes)}) "
-                                         f"differ from those of train/ ({len(train.classes)})")
+                                   f"differ from those of train/ ({len(train.classes)})")
         folders["val"] = len(test)
         train_index = test_index = None  # whole folders
         sizes = len(train), len(test)
@@ -96,7 +96,7 @@ def dataset(prepared: dict, split: str, transform) -> torch.utils.data.Dataset:
     folder = _folder(path, transform)
     if len(folder) != prepared["folders"][name]:
         raise common.DataError(f"{path} now holds {len(folder)} images, {prepared['folders'][name]} when the data "
-                                     f"were prepared: rerun prepare_data (delete results/data/imagefolder.pt)")
+                               f"were prepared: rerun prepare_data (delete results/data/imagefolder.pt)")
     index = prepared[f"{split}_index"]
     return folder if index is None else Subset(folder, index.tolist())
 

@@ -3,13 +3,14 @@ import json
 
 import torch
 
-from vitlandscape import devices, objectives, recipes, train
+from vitlandscape import devices, objectives
 from vitlandscape.batch_augmentation import Augmentation
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import sha256, write_json
+from vitlandscape.train import loops, recipes
 
 
 # Batch size of accuracy and feature passes (no gradients).
@@ -47,9 +48,9 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         check_image_size(arch, prepared, cfg["name"])
         model = build_classifier(arch, prepared["num_classes"], head="supervised",
                                  drop_path=hp["recipe"]["drop_path"]).to(device)
-        history = train.train_classifier(model, batches, hp, desc="supervised", record=record,
+        history = loops.train_classifier(model, batches, hp, desc="supervised", record=record,
                                          augmentation=augmentation)
-        top1 = train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
+        top1 = loops.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
                 "num_classes": prepared["num_classes"], "model": cpu_state(model),
                 "history": history, "test_top1": top1}
@@ -58,7 +59,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = train.pretrain_mae(model, batches, cfg, hp, rcmae=method == "rcmae", record=record,
+        history, teacher = loops.pretrain_mae(model, batches, cfg, hp, rcmae=method == "rcmae", record=record,
                                               augmentation=augmentation)
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
@@ -89,7 +90,7 @@ def train_top1(model, prepared: dict, device) -> tuple[float, int]:
         batches = prepare.chunks(*prepare.eval_set(prepared, device), EVAL_BATCH)
     else:
         batches = prepare.ordered_batches(prepared, "train", EVAL_BATCH, 0, device)
-    return train.accuracy(model, batches), sum(len(labels) for _, labels in batches)
+    return loops.accuracy(model, batches), sum(len(labels) for _, labels in batches)
 
 
 def read_pretrained(cfg: dict, checkpoint):
@@ -110,7 +111,7 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
             batches = prepare.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
         else:
             batches = prepare.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
-        return train.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
+        return loops.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
                                 None if cached else batch_augmentation(hp, prepared))
     return run
 
@@ -124,7 +125,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     arch = resolve_arch(cfg["arch"], with_decoder=False)
 
     def test_top1(model):
-        return train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
+        return loops.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
 
     model, history = run(formats.encoder_source(pretrained))
     top1, images = train_top1(model, prepared, device)
@@ -158,7 +159,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
         raise ValueError(f"checkpoint {checkpoint} classifies {classes} classes but data set "
                          f"{prepared['dataset']} has {prepared['num_classes']}")
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
-               "test_top1": train.accuracy(model.to(device),
+               "test_top1": loops.accuracy(model.to(device),
                                            prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
                "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
                "checkpoint_format": ckpt.format}
@@ -180,8 +181,8 @@ def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, sna
     curve and weight snapshots on `schedule`: a changed schedule then never retrains the
     checkpoint the landscapes are drawn around. The replay's final weights must reproduce
     `checkpoint` (the stage's result); `pretrained`: the checkpoint a probe or fine-tuning starts from."""
-    from vitlandscape import recording
     from vitlandscape.storage import snapshots
+    from vitlandscape.train import recording
     device = devices.resolve(device)
     prepared = prepare.load_prepared(data_path)
     record = recording.TrainingRecord(schedule)
@@ -229,8 +230,8 @@ def snapshot_probes(cfg: dict, data_path, snapshots_path, count: int, out, devic
     accuracies = {}
     for i in picked:
         model, _ = run(states[i])
-        accuracies[steps[i]] = train.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers,
-                                                                           device))
+        accuracies[steps[i]] = loops.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers,
+                                                                             device))
         print(f"{cfg['name']} snapshot at step {steps[i]}: probe test top-1 {accuracies[steps[i]]:.4f}")
     result = {"model": cfg["name"], "stage": "pretrain", "snapshots": str(snapshots_path),
               "steps": list(accuracies), "test_top1": list(accuracies.values())}
