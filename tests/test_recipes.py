@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlandscape import configcheck
-from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.train import loops, optim, recipes, stages
 from conftest import ROOT, TINY_ARCH, model_settings, validated

@@ -4,8 +4,8 @@
 one uint8 tensor; training and accuracy read the folders batch by batch through
 torchvision's ImageFolder and a DataLoader. The loader makes the recipe's crop and flip on
 each decoded image; the rest of the recipe's augmentation works on the batch
-(batch_augmentation.py). What
-stays per file in memory is ImageFolder's list of (path, class), about 150 bytes a file.
+(augment/batch.py). What stays per file in memory is ImageFolder's list of (path, class),
+about 150 bytes a file.
 """
 from pathlib import Path
 

@@ -164,7 +164,7 @@ def train_batches(prepared: dict, recipe: dict, batch_size: int, seed: int, work
     """Shuffled (images, labels) training batches, one epoch per iteration, `len()` of them.
 
     Streamed folders come cropped and flipped as `recipe` (recipes.resolve) says, image by
-    image as they are decoded; in-memory data sets come as stored (batch_augmentation
+    image as they are decoded; in-memory data sets come as stored (augment/batch.py
     augments those on their device).
     """
     if is_streaming(prepared):

@@ -42,7 +42,7 @@ def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=
     `groups`: optim.param_groups, each group's lr is the schedule's times its `lr_scale`.
     `batches` yields one epoch of (images, labels) per iteration and has `len()` steps
     (`data.prepare.train_batches`: in-memory tensors or a DataLoader); batches are moved to the
-    parameters' device and augmented by `augmentation` (batch_augmentation.Augmentation), if any.
+    parameters' device and augmented by `augmentation` (augment/batch.py's Augmentation), if any.
     `record` (recording.TrainingRecord, watching its model): one curve row a step, and its
     snapshots. Returns a per-epoch history of mean loss and learning rate.
     """

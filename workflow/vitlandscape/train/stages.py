@@ -4,7 +4,7 @@ import json
 import torch
 
 from vitlandscape import devices, objectives
-from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape.augment.batch import Augmentation
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier

@@ -1,10 +1,10 @@
 """A training recipe's augmentation of each batch (train/recipes.py), on the batch's device; the
-operations themselves are in augment.py."""
+operations themselves are in augment/crop.py, randaugment.py and erasing.py."""
 import numpy as np
 import torch
 from timm.data import Mixup
 
-from vitlandscape import augment
+from vitlandscape.augment import crop, erasing, randaugment
 from vitlandscape.data import common
 
 
@@ -30,19 +30,19 @@ class Augmentation:
     def __call__(self, images, labels):
         recipe, generator = self.recipe, self.generator
         if recipe["crop_scale"]:
-            images = augment.random_resized_crop(images, images.shape[-1], scale=tuple(recipe["crop_scale"]),
-                                                 generator=generator)
+            images = crop.random_resized_crop(images, images.shape[-1], scale=tuple(recipe["crop_scale"]),
+                                              generator=generator)
         if recipe["hflip"]:
-            images = augment.horizontal_flip(images, p=recipe["hflip"], generator=generator)
+            images = crop.horizontal_flip(images, p=recipe["hflip"], generator=generator)
         if recipe["rand_augment"]:
             mean, std = common.IMAGENET_MEAN.to(images.device), common.IMAGENET_STD.to(images.device)
             pixels = (images * std + mean).clamp(0, 1)
             ra = recipe["rand_augment"]
-            pixels = augment.rand_augment(pixels, num_ops=ra["num_ops"], magnitude=ra["magnitude"],
-                                          magnitude_std=ra.get("magnitude_std", 0.0), generator=generator)
+            pixels = randaugment.rand_augment(pixels, num_ops=ra["num_ops"], magnitude=ra["magnitude"],
+                                              magnitude_std=ra.get("magnitude_std", 0.0), generator=generator)
             images = (pixels - mean) / std
         if recipe["random_erasing"]:
-            images = augment.random_erasing(images, prob=recipe["random_erasing"], generator=generator)
+            images = erasing.random_erasing(images, prob=recipe["random_erasing"], generator=generator)
         if self.mixup is None:
             return images, labels
         return self._mixed(images, labels)

@@ -1,154 +1,23 @@
-"""The MAE / DeiT training augmentations, batched, on [B, C, H, W] float images on their device.
+"""timm's RandAugment ('inc1' ops), batched (see augment/common.py): the ops, their levels,
+the per-image draws and their application.
 
-The official recipes transform one PIL image at a time: torchvision's RandomResizedCrop
-(bicubic) and RandomHorizontalFlip, timm's RandAugment 'rand-m9-mstd0.5-inc1' (as timm's
-create_transform sets it up: bicubic, fill colour the ImageNet mean) and, after
-normalisation, timm's RandomErasing(0.25, mode='pixel', max_count=1). Here each works on a
-whole batch without a Python loop over its images: every random choice is drawn up front on
-the CPU from the `generator` passed in (a CPU torch.Generator), in a fixed order, then moved
-to the images' device, so the same generator state gives bit-identical output on a device.
-Loops run only over attempts, op kinds and filter taps.
-
-What differs from the PIL originals:
-- random_resized_crop resamples with PIL's own bicubic resize weights (a = -0.5, the filter
-  widened when downscaling, i.e. antialiased, and the crop's edges taken as the image's
-  edges), in float. PIL rounds to uint8, clipping to [0, 255], after its first 1-D pass and
-  at the end; here nothing is rounded or clipped (bicubic ringing may pass the input's range
-  slightly). On smooth uint8 images the two agree within 1 level (about a fifth of the
-  values off by 1); where PIL's intermediate clipping cuts the overshoot of pixel-scale
-  contrast (e.g. noise images), by up to ~20 levels of 255 there.
-- rand_augment works on the uint8 grid as PIL does (images quantised to k/255) and repeats
-  PIL's arithmetic, its truncations, float32 blends and order of double operations: on the
-  test images its ops give timm's results level for level. Images that no op touches are
-  returned unchanged, not quantised. PosterizeIncreasing at magnitude 10 keeps 0 bits
-  (black), as the Pillow of the official recipes did (the installed Pillow 13 raises).
-- Random draws follow the originals' distributions, not their random streams (Python's
-  `random` and numpy there); an image's parameters are all drawn even when not used.
+What differs from the PIL original: rand_augment works on the uint8 grid as PIL does (images
+quantised to k/255) and repeats PIL's arithmetic, its truncations, float32 blends and order
+of double operations: on the test images its ops give timm's results level for level.
+Images that no op touches are returned unchanged, not quantised. PosterizeIncreasing at
+magnitude 10 keeps 0 bits (black), as the Pillow of the official recipes did (the installed
+Pillow 13 raises).
 """
 import math
 from typing import NamedTuple
 
 import torch
 
-F64 = torch.float64
+from vitlandscape.augment.common import F64, check_generator
 
 # the fill colour of timm's create_transform for geometric ops: round(255 * ImageNet mean)
 FILL_UINT8 = (124, 116, 104)
 DEFAULT_FILL = tuple(v / 255 for v in FILL_UINT8)
-
-
-def _check_generator(generator):
-    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise ValueError("augmentations draw from a CPU torch.Generator passed as `generator`")
-
-
-def _uniform(shape, low, high, generator):
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=F64)
-
-
-def _first_valid(valid, *values):
-    """Per row, the values at the first True column of `valid` (column 0 where none)."""
-    first = valid.to(torch.uint8).argmax(1, keepdim=True)
-    return [v.gather(1, first).squeeze(1) for v in values]
-
-
-def _offsets(room, generator):
-    """A uniform integer in [0, room] per element (room >= 0), as randint(0, room)."""
-    return torch.floor(torch.rand(room.shape, generator=generator, dtype=F64) * (room + 1))
-
-
-# ---------------------------------------------------------------- random resized crop
-
-def crop_boxes(batch: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,
-               generator: torch.Generator, attempts: int = 10):
-    """torchvision RandomResizedCrop.get_params for `batch` images of height x width, all at once.
-
-    Each image tries `attempts` (area fraction ~ U(scale), log aspect ~ U(log ratio)) boxes,
-    w = round(sqrt(area * r)), h = round(sqrt(area / r)), and takes the first with
-    0 < w <= width and 0 < h <= height, at uniform integer offsets; with none, the centre crop
-    of the whole image with its aspect ratio clamped to `ratio`.
-    Returns CPU int64 tensors (top, left, h, w), each [batch].
-    """
-    _check_generator(generator)
-    log_ratio = torch.log(torch.tensor(ratio, dtype=F64))
-    area = height * width * _uniform((batch, attempts), scale[0], scale[1], generator)
-    aspect = torch.exp(_uniform((batch, attempts), log_ratio[0], log_ratio[1], generator))
-    w = torch.round(torch.sqrt(area * aspect))  # round half to even, as Python's round
-    h = torch.round(torch.sqrt(area / aspect))
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    h, w = _first_valid(valid, h, w)
-    found = valid.any(1)
-    top, left = _offsets(height - h, generator), _offsets(width - w, generator)
-
-    fallback_h, fallback_w = _centre_crop_size(height, width, ratio)
-    h = torch.where(found, h, float(fallback_h))
-    w = torch.where(found, w, float(fallback_w))
-    top = torch.where(found, top, float((height - fallback_h) // 2))
-    left = torch.where(found, left, float((width - fallback_w) // 2))
-    return top.long(), left.long(), h.long(), w.long()
-
-
-def _centre_crop_size(height, width, ratio):
-    """torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
-
-
-def _resize_filter(x):
-    """PIL's bicubic resize filter (Keys, a = -0.5), support 2."""
-    a = -0.5
-    x = x.abs()
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
-
-
-def _resize_weights(start, length, in_size: int, out_size: int, device):
-    """[B, out_size, in_size]: rows of PIL's resize weights mapping the span
-    [start, start + length) of an axis onto out_size pixels (PIL's precompute_coeffs)."""
-    start = start.to(device, F64).view(-1, 1, 1)
-    length = length.to(device, F64).view(-1, 1, 1)
-    step = length / out_size
-    widen = step.clamp(min=1.0)  # downscaling widens the filter: PIL's antialiasing
-    centre = start + (torch.arange(out_size, dtype=F64, device=device).view(1, -1, 1) + 0.5) * step
-    pixel = torch.arange(in_size, dtype=F64, device=device).view(1, 1, -1) + 0.5
-    weights = _resize_filter((pixel - centre) / widen)
-    # PIL resizes the cropped image: pixels outside the box do not exist for it, and each
-    # row is renormalised over the pixels that remain (this is its edge handling)
-    weights = weights * ((pixel > start) & (pixel < start + length))
-    return weights / weights.sum(-1, keepdim=True)
-
-
-def resized_crop(images: torch.Tensor, top, left, height, width, size: int) -> torch.Tensor:
-    """Crop box i (top[i], left[i], height[i], width[i]; integer tensors) of image i and resize
-    it to size x size as PIL's bicubic Image.resize does (see the module notes): two batched
-    matrix products with per-image weight matrices. Under TF32 matmul (CUDA) the products,
-    hence the pixels, carry TF32's ~1e-3 relative precision."""
-    _, _, img_h, img_w = images.shape
-    rows = _resize_weights(top, height, img_h, size, images.device).to(images.dtype)
-    cols = _resize_weights(left, width, img_w, size, images.device).to(images.dtype)
-    return rows.unsqueeze(1) @ images @ cols.unsqueeze(1).transpose(-1, -2)
-
-
-def random_resized_crop(images: torch.Tensor, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,
-                        generator: torch.Generator) -> torch.Tensor:
-    """torchvision's RandomResizedCrop(size, scale, ratio, bicubic) per image -> [B, C, size, size]."""
-    batch, _, height, width = images.shape
-    boxes = crop_boxes(batch, height, width, scale, ratio, generator=generator)
-    return resized_crop(images, *boxes, size)
-
-
-# ---------------------------------------------------------------- flip
-
-def horizontal_flip(images: torch.Tensor, p: float = 0.5, *, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability p (RandomHorizontalFlip)."""
-    _check_generator(generator)
-    flip = torch.rand(images.shape[0], generator=generator) < p
-    return torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 # ---------------------------------------------------------------- RandAugment ops
@@ -416,7 +285,7 @@ def rand_augment_params(batch: int, num_ops: int = 2, magnitude: float = 9.0, ma
     replacement; each applied with probability `prob`; magnitude ~ N(magnitude, std)
     (U(0, magnitude) for an infinite std, fixed for std <= 0) clipped to [0, magnitude_max];
     a fair coin for the sign of the ops timm negates."""
-    _check_generator(generator)
+    check_generator(generator)
     shape = (batch, num_ops)
     op = torch.randint(len(OP_NAMES), shape, generator=generator)
     applied = torch.rand(shape, generator=generator, dtype=F64) < prob
@@ -487,59 +356,3 @@ def rand_augment(images: torch.Tensor, num_ops: int = 2, magnitude: float = 9.0,
                                   params.negate[index, layer], fill)
     touched = params.applied.any(1).to(images.device).view(-1, 1, 1, 1)
     return torch.where(touched, (q / 255).to(images.dtype), images)
-
-
-# ---------------------------------------------------------------- random erasing
-
-def erasing_boxes(batch: int, height: int, width: int, prob: float = 0.25, min_area: float = 0.02,
-                  max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect: float | None = None, *,
-                  generator: torch.Generator, attempts: int = 10):
-    """timm RandomErasing's rectangle per image (count 1): erased with probability `prob`; up
-    to `attempts` tries of area fraction ~ U(min_area, max_area), log aspect ~
-    U(log min_aspect, log max_aspect), h = round(sqrt(area * aspect)),
-    w = round(sqrt(area / aspect)), the first with h < height and w < width (strictly) taken
-    at uniform integer offsets; none fitting erases nothing. Returns CPU int64 (top, left,
-    h, w), h = w = 0 for images left alone."""
-    _check_generator(generator)
-    max_aspect = max_aspect or 1 / min_aspect
-    erase = torch.rand(batch, generator=generator, dtype=F64) < prob
-    area = _uniform((batch, attempts), min_area, max_area, generator) * (height * width)
-    aspect = torch.exp(_uniform((batch, attempts), math.log(min_aspect), math.log(max_aspect), generator))
-    h = torch.round(torch.sqrt(area * aspect))
-    w = torch.round(torch.sqrt(area / aspect))
-    valid = (w < width) & (h < height)
-    h, w = _first_valid(valid, h, w)
-    erase = erase & valid.any(1)
-    top, left = _offsets(height - h, generator), _offsets(width - w, generator)
-    h, w = torch.where(erase, h, 0.0), torch.where(erase, w, 0.0)
-    return top.long(), left.long(), h.long(), w.long()
-
-
-def _box_mask(top, left, h, w, height, width, device):
-    """[B, height, width] bool: inside box i of image i."""
-    rows = torch.arange(height, device=device).view(1, -1)
-    cols = torch.arange(width, device=device).view(1, -1)
-    top, left, h, w = (t.to(device).view(-1, 1) for t in (top, left, h, w))
-    in_rows = (rows >= top) & (rows < top + h)
-    in_cols = (cols >= left) & (cols < left + w)
-    return in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
-
-
-def random_erasing(images: torch.Tensor, prob: float = 0.25, min_area: float = 0.02, max_area: float = 1 / 3,
-                   min_aspect: float = 0.3, max_aspect: float | None = None, *,
-                   generator: torch.Generator) -> torch.Tensor:
-    """timm's RandomErasing(prob, mode='pixel', max_count=1) on normalised images: one
-    rectangle (see erasing_boxes) per erased image filled with per-pixel, per-channel N(0, 1)
-    values (drawn on the CPU for the erased images only, then moved to the device)."""
-    batch, channels, height, width = images.shape
-    boxes = erasing_boxes(batch, height, width, prob, min_area, max_area, min_aspect, max_aspect,
-                          generator=generator)
-    erased = (boxes[2] > 0).nonzero().squeeze(1)
-    if len(erased) == 0:
-        return images.clone()
-    noise = torch.randn((len(erased), channels, height, width), generator=generator)
-    mask = _box_mask(*(t[erased] for t in boxes), height, width, images.device).unsqueeze(1)
-    out = images.clone()
-    index = erased.to(images.device)
-    out[index] = torch.where(mask, noise.to(images.device, images.dtype), images[index])
-    return out
