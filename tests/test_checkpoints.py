@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import objectives
 from vitlandscape.data import prepare
+from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, outputs

@@ -150,19 +150,19 @@ def touch(workdir) -> None:
 
 @pytest.mark.subprocess
 def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_reach_it(finished):
-    """Only landscape and metrics code reaches directions.py: their rules rerun for their own
+    """Only landscape and metrics code reaches landscape/directions.py: their rules rerun for their own
     code, figures and training do not (they rerun only for renewed inputs)."""
     library = finished / "workflow/vitlandscape"
-    original = (library / "directions.py").read_text()
+    original = (library / "landscape/directions.py").read_text()
     try:
         (library / "newmod.py").write_text("SCALE = 1.0\n")
-        (library / "directions.py").write_text(original + "\nfrom vitlandscape import newmod  # noqa: E402,F401\n")
+        (library / "landscape/directions.py").write_text(original + "\nfrom vitlandscape import newmod  # noqa: E402,F401\n")
         touch(finished)
         (library / "newmod.py").write_text("SCALE = 2.0\n")
         changed = {row["rule"] for row in summary(finished) if "params changed" in row["status"]}
         planned = {rule for rule, _ in planned_jobs(finished)}
     finally:
-        (library / "directions.py").write_text(original)
+        (library / "landscape/directions.py").write_text(original)
         (library / "newmod.py").unlink()
         touch(finished)
     assert changed == LANDSCAPE_RULES | {"hessian", "flatness"}

@@ -34,8 +34,9 @@ import json, shutil, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from vitlandscape import curvature, grid, landscape, tiles
+from vitlandscape import curvature
 from vitlandscape.data import prepare
+from vitlandscape.landscape import grid, stages as landscape_stages, tiles
 from vitlandscape.train import stages
 
 S = json.loads(Path(sys.argv[1]).read_text())
@@ -44,11 +45,11 @@ TILES = [f"tiles/{t}.nc" for t in grid.tile_names(ls["alpha"], ls["beta"], ls["t
 
 def surface_tiles():
     for tile, out in zip(grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]), TILES):
-        landscape.surface_tile(S["pretext"], "data.pt", "mae.pt", "dirs.safetensors", tile, out)
+        landscape_stages.surface_tile(S["pretext"], "data.pt", "mae.pt", "dirs.safetensors", tile, out)
 
 def line():
-    landscape.make_directions(S["probe_objective"], "probe.pt", "probe_dirs.safetensors")
-    landscape.line(S["probe_objective"], "data.pt", "probe.pt", "probe_dirs.safetensors", "line.nc")
+    landscape_stages.make_directions(S["probe_objective"], "probe.pt", "probe_dirs.safetensors")
+    landscape_stages.line(S["probe_objective"], "data.pt", "probe.pt", "probe_dirs.safetensors", "line.nc")
 
 RUN = {
     "data": lambda: prepare.prepare_data(S["data"], "data.pt"),
@@ -61,11 +62,11 @@ RUN = {
     "finetune": lambda: stages.downstream(S["mae"], "finetune", "data.pt", "mae.pt", "finetune.pt",
                                           "finetune.json"),
     "evaluate": lambda: stages.evaluate(S["mae"], "finetune", "data.pt", "finetune.pt", "evaluate.json"),
-    "directions": lambda: landscape.make_directions(S["pretext"], "mae.pt", "dirs.safetensors"),
+    "directions": lambda: landscape_stages.make_directions(S["pretext"], "mae.pt", "dirs.safetensors"),
     "tiles": surface_tiles,
     "assemble": lambda: tiles.assemble(S["pretext"], TILES, "mae.pt", "dirs.safetensors", "surface.zarr"),
     "line": line,
-    "interpolate": lambda: landscape.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
+    "interpolate": lambda: landscape_stages.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
                                                  "interpolation.nc"),
     "hessian": lambda: curvature.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
     "flatness": lambda: curvature.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),

@@ -10,7 +10,7 @@ import torch
 
 import reference
 from conftest import ROOT, TINY_ARCH
-from vitlandscape import directions, objectives, surface
+from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.masking import eval_noise

@@ -9,7 +9,8 @@ import pyvista as pv
 import torch
 import xarray as xr
 
-from vitlandscape import basins, figures, flatness, grid, interactive, metrics, plots, tiles
+from vitlandscape import basins, figures, flatness, interactive, metrics, plots
+from vitlandscape.landscape import grid, tiles
 from vitlandscape.storage.outputs import sha256, write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 11], [-1.0, 1.0, 11], [4, 4]
@@ -92,10 +93,10 @@ def test_a_tile_warns_and_a_clean_one_does_not(capsys):
 
 
 def test_line_file_counts_its_nonfinite_points(tmp_path, capsys):
-    from vitlandscape import landscape  # imports torch and timm: only here
+    from vitlandscape.landscape import stages  # imports torch and timm: only here
     t = np.linspace(-1, 1, 5)
-    ds = landscape._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
-                               {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
+    ds = stages._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
+                            {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
     log = capsys.readouterr().out
     with xr.open_dataset(tmp_path / "line.nc", engine="scipy") as read:
         assert int(read.attrs["nonfinite_points"]) == 2 and np.isposinf(read.loss.values[-1])

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import objectives
+from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.masking import eval_noise
@@ -103,12 +103,12 @@ def test_zero_prediction_loss_by_hand(tmp_path, prepared, norm_pix):
 
 
 def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, capsys):
-    from vitlandscape import landscape
+    from vitlandscape.landscape import stages
     model = build_mae(TINY_ARCH, norm_pix_loss=True).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
     cfg = {**model_settings(norm_pix_loss=True), "name": "mae"}
     objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 8, 0, torch.device("cpu"))
-    found = landscape.pretext_sanity(objective.evaluate()[0], objective, cfg)
+    found = stages.pretext_sanity(objective.evaluate()[0], objective, cfg)
     assert found["centre_loss"] >= 0.8 * found["zero_prediction_loss"]  # random init: no better than zeros
     assert "WARNING: models.mae: the pretext loss of the trained model" in capsys.readouterr().out
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import cli, configcheck, devices, tiles
+from vitlandscape import cli, configcheck, devices
+from vitlandscape.landscape import tiles
 from vitlandscape.storage import checkpoints, outputs
 from conftest import ROOT, validated
 

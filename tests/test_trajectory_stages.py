@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape import directions, landscape
+from vitlandscape.landscape import directions, stages as landscape_stages
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage import snapshots
 from vitlandscape.train import stages
@@ -90,8 +90,9 @@ def test_the_pca_plane_is_centred_on_the_checkpoint_and_follows_the_direction_co
     _, steps, states, _, _ = replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt", schedule={"every": 2})
     settings = {**cfg, "objective": "pretext",
                 "landscape": {"perturb_1d": False, "perturb_frozen": False}, "trajectories": {"normalization": "none"}}
-    summary = landscape.trajectory_plane(settings, tmp_path / "pre.pt", tmp_path / "pretrain/snapshots.safetensors",
-                                         tmp_path / "plane.safetensors", tmp_path / "pca.json")
+    summary = landscape_stages.trajectory_plane(settings, tmp_path / "pre.pt",
+                                                tmp_path / "pretrain/snapshots.safetensors",
+                                                tmp_path / "plane.safetensors", tmp_path / "pca.json")
     dirs, meta = directions.load(tmp_path / "plane.safetensors")
     model = build_mae(cfg["arch"], cfg["norm_pix_loss"])
     names = directions.perturbed_names(model, False, False)
@@ -120,8 +121,8 @@ def test_snapshots_of_another_checkpoint_are_refused(tmp_path, data_file):
     settings = {**cfg, "objective": "pretext", "landscape": {"perturb_1d": False, "perturb_frozen": False},
                 "trajectories": {"normalization": "trajectory"}}
     with pytest.raises(ValueError, match="were recorded for checkpoint"):
-        landscape.trajectory_plane(settings, tmp_path / "other.pt", tmp_path / "pretrain/snapshots.safetensors",
-                                   tmp_path / "plane.safetensors", tmp_path / "pca.json")
+        landscape_stages.trajectory_plane(settings, tmp_path / "other.pt", tmp_path / "pretrain/snapshots.safetensors",
+                                          tmp_path / "plane.safetensors", tmp_path / "pca.json")
 
 
 def test_snapshot_probes_match_the_probe_stage_at_both_ends(tmp_path, data_file):

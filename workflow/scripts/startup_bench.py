@@ -24,10 +24,10 @@ from vitlandscape import warmstart  # noqa: E402
 
 # The modules each kind of job imports before it computes (cli.py's dispatch).
 STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.train.stages",
-          "directions / tiles / lines / trajectory plane": "vitlandscape.landscape",
+          "directions / tiles / lines / trajectory plane": "vitlandscape.landscape.stages",
           "hessian / flatness": "vitlandscape.curvature",
           "prepare-data": "vitlandscape.data.prepare",
-          "assemble": "vitlandscape.tiles",
+          "assemble": "vitlandscape.landscape.tiles",
           "figures": "vitlandscape.plots",
           "metrics tables": "vitlandscape.metrics",
           "convergence table": "vitlandscape.convergence",

@@ -270,7 +270,7 @@ def _run(args) -> None:
         from vitlandscape import metrics
         metrics.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
     elif args.stage == "assemble":
-        from vitlandscape import tiles
+        from vitlandscape.landscape import tiles
         tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
@@ -345,17 +345,17 @@ def _train(args) -> None:
 
 
 def _landscape(args) -> None:
-    from vitlandscape import landscape
+    from vitlandscape.landscape import stages as landscape_stages
     if args.stage == "directions":
-        landscape.make_directions(args.settings, args.checkpoint, args.out)
+        landscape_stages.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":
-        landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
+        landscape_stages.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
     elif args.stage == "line":
-        landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
+        landscape_stages.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "trajectory-plane":
-        landscape.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
+        landscape_stages.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
     else:
-        landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
+        landscape_stages.interpolate(args.settings, args.data, args.start, args.end, args.out)
 
 
 def _curvature(args) -> None:
@@ -385,7 +385,7 @@ def _plan(args) -> None:
         raise SystemExit(f"plan: {err}") from None
     measured = None
     if args.measure:
-        from vitlandscape import throughput
+        from vitlandscape.landscape import throughput
         measured = throughput.measure(config, plan.forwards(config), num_classes, args.device, args.precision,
                                       args.batch_size, args.measure_seconds)
     result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images, measured)
@@ -429,7 +429,7 @@ def _bench_compare(args) -> None:
     """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
     import yaml
 
-    from vitlandscape import bench
+    from vitlandscape.landscape import bench
     from vitlandscape.storage import outputs
     config = yaml.safe_load(Path(args.config).read_text())
     models = config["models"]

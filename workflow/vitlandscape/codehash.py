@@ -17,12 +17,12 @@ STAGE_ENTRIES = {
     "prepare_data": ["data/prepare.py"],
     "train": ["train/stages.py"],
     "table": ["accuracy.py"],
-    "landscape": ["landscape.py", "tiles.py"],
+    "landscape": ["landscape/stages.py", "landscape/tiles.py"],
     "figures": ["plots.py"],
     "metrics": ["curvature.py"],
     "metrics_tables": ["metrics.py"],
     "convergence": ["convergence.py"],
-    "bench": ["bench.py", "storage/outputs.py", "configcheck.py"],
+    "bench": ["landscape/bench.py", "storage/outputs.py", "configcheck.py"],
 }
 
 

@@ -125,7 +125,7 @@ def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[
     (on the meta device): the strict check the job makes when it loads the weights."""
     import torch
 
-    from vitlandscape import objectives
+    from vitlandscape.landscape import objectives
     from vitlandscape.models.classifier import ENCODER_PREFIXES, build_classifier, encoder_state
     from vitlandscape.storage import checkpoint_header
     from vitlandscape.storage.checkpoints import CheckpointError, check_keys

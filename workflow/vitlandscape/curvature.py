@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vitlandscape import devices, directions, flatness, grid, hessian, objectives, surface
+from vitlandscape import devices, flatness, hessian
 from vitlandscape.data import prepare
+from vitlandscape.landscape import directions, grid, objectives, surface
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from vitlandscape import directions, surface
+from vitlandscape.landscape import directions, surface
 
 
 def gaussian_flatness(objective, sigmas, samples: int, seed: int, normalization: str = "filter",

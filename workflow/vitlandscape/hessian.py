@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class HessianOperator:
-    """v -> H v for the mean loss of `objective` (a vitlandscape.objectives.Objective)."""
+    """v -> H v for the mean loss of `objective` (a vitlandscape.landscape.objectives.Objective)."""
 
     def __init__(self, objective):
         self.objective = objective

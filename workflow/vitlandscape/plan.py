@@ -7,11 +7,12 @@ transformer block and token: qkv 3 D^2, output projection D^2, MLP 2 r D^2 (r = 
 attention 2 T D for T tokens (scores and weighted values). The MAE pretext loss embeds
 every patch, encodes the cls token + the kept patches, and decodes all L + 1 tokens.
 Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
-torch: `vitlandscape.throughput` measures the rates that replace the assumed one).
+torch: `vitlandscape.landscape.throughput` measures the rates that replace the assumed one).
 """
 import math
 
-from vitlandscape import configcheck, grid
+from vitlandscape import configcheck
+from vitlandscape.landscape import grid
 from vitlandscape.models.arch import resolve_arch
 from vitlandscape.train import recipes
 

@@ -3,7 +3,8 @@
 File contract: one safetensors file with tensors `step<step>.<param>` (float32, cpu), `<param>`
 named as in the model's state_dict, one set of parameters per optimizer step (step 0 = initial
 weights, the last step = final weights); metadata (strings) records the settings and `steps` as
-a JSON list. Training code imports this module; the PCA plane of the path is in trajectory.py.
+a JSON list. Training code imports this module; the PCA plane of the path is in
+landscape/trajectory_plane.py.
 """
 import json
 import math

@@ -1,5 +1,6 @@
 """What a training run records beside its weights: the loss curve, one row per optimizer step,
-and weight snapshots after chosen steps (trajectory.py draws and measures the path they trace).
+and weight snapshots after chosen steps (landscape/trajectory_plane.py draws and measures the path
+they trace).
 
 Step s of a snapshot is the weights after s optimizer steps (0: before the first); row t of the
 curve is the loss of the batch of optimizer step t, computed with the weights of snapshot t.

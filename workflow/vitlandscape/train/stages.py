@@ -3,9 +3,10 @@ import json
 
 import torch
 
-from vitlandscape import devices, objectives
+from vitlandscape import devices
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.data import prepare
+from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats

@@ -11,9 +11,11 @@ import torch
 import xarray as xr
 
 import vitlandscape
-from vitlandscape import devices, directions, faults, grid, objectives, surface, tiles
+from vitlandscape import devices, faults
 from vitlandscape.data import prepare
+from vitlandscape.landscape import directions, grid, objectives, surface, tiles
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
+
 
 def versions() -> str:
     return f"vitlandscape {vitlandscape.__version__}, torch {torch.__version__}, timm {timm.__version__}"
@@ -39,7 +41,7 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
     """The PCA plane of a recorded training path around the weights it ended at (`checkpoint`,
     the landscape's centre): directions in the direction-file contract, over the parameters a
     random direction would perturb, and the path's coordinates and distances (`summary_out`)."""
-    from vitlandscape import trajectory
+    from vitlandscape.landscape import trajectory_plane as trajectory_pca  # beside the stage trajectory_plane
     from vitlandscape.storage import snapshots
     ls = settings["landscape"]
     model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
@@ -52,9 +54,9 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
                          f"{meta['checkpoint_sha256']}, but {checkpoint} has {checkpoint_sha}")
     final = {name: p.detach().float().cpu() for name, p in model.named_parameters()}
     how = settings["trajectories"]["normalization"]
-    plane = trajectory.pca_plane(states, final, names, how)
+    plane = trajectory_pca.pca_plane(states, final, names, how)
     summary = {"model": settings["name"], "objective": settings["objective"], "stage": meta.get("stage"),
-               **trajectory.summary(steps, plane, trajectory.path_distances(states, final, names))}
+               **trajectory_pca.summary(steps, plane, trajectory_pca.path_distances(states, final, names))}
     metadata = {"model": settings["name"], "objective": settings["objective"],
                 "checkpoint_sha256": checkpoint_sha, "snapshots_sha256": sha256(snapshots_path),
                 "normalization": f"pca-{how}",

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from vitlandscape.directions import normalize
+from vitlandscape.landscape.directions import normalize
 
 NORMALIZATIONS = ("none", "trajectory", "filter")
 _BLOCK = 1 << 24  # float64 elements of w_t - w_final held at once, all snapshots together

@@ -1,6 +1,6 @@
 """Loss surfaces: evaluate grid points by moving a model's weights in place (no copy).
 
-The files they go into, and the surface contract, are in tiles.py.
+The files they go into, and the surface contract, are in landscape/tiles.py.
 """
 import numpy as np
 import torch

@@ -31,8 +31,9 @@ from loss_landscapes.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Normalize
 
-from vitlandscape import devices, directions, objectives, surface
+from vitlandscape import devices
 from vitlandscape.data import common, prepare as data_prepare
+from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.masking import eval_noise
 
 RTOL = 1e-4  # peers' losses against the engine's, relative
@@ -261,7 +262,7 @@ def forkserver_context():
     # Python 3.11's server ignores the caller's sys.path (pytest's `pythonpath`, for one) and
     # silently skips a preload it cannot import: hand it the library through PYTHONPATH.
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), saved]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), saved]))
     try:
         multiprocessing.forkserver.ensure_running()
     finally:

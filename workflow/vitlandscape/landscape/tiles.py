@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vitlandscape import faults, grid
+from vitlandscape import faults
+from vitlandscape.landscape import grid
 from vitlandscape.storage.outputs import replacing, sha256
 
 # Attributes every tile of one surface must agree on (checked at assembly).
