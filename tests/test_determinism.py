@@ -34,9 +34,9 @@ import json, shutil, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from vitlandscape import curvature
 from vitlandscape.data import prepare
 from vitlandscape.landscape import grid, stages as landscape_stages, tiles
+from vitlandscape.metrics import stages as metrics_stages
 from vitlandscape.train import stages
 
 S = json.loads(Path(sys.argv[1]).read_text())
@@ -68,8 +68,8 @@ RUN = {
     "line": line,
     "interpolate": lambda: landscape_stages.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
                                                  "interpolation.nc"),
-    "hessian": lambda: curvature.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
-    "flatness": lambda: curvature.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),
+    "hessian": lambda: metrics_stages.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
+    "flatness": lambda: metrics_stages.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),
 }
 errors = {}
 for stage in sys.argv[3:]:

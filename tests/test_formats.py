@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape import accuracy, configcheck
+from vitlandscape import configcheck
 from vitlandscape.data import prepare
 from vitlandscape.landscape import objectives
+from vitlandscape.metrics import accuracy
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import encoder_state
 from vitlandscape.storage import checkpoints, formats

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitlandscape import figures, hessian
+from vitlandscape import figures
 from vitlandscape.landscape import objectives
+from vitlandscape.metrics import hessian
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.masking import eval_noise
@@ -124,8 +125,8 @@ def test_trace_and_density(case):
 def test_gaussian_flatness_against_moved_weights_by_hand():
     """Each sample's rise equals the loss at theta + sigma * x-direction of seed + s, computed
     here from the saved weights with functional_call; the weights are restored afterwards."""
-    from vitlandscape import flatness
     from vitlandscape.landscape import directions
+    from vitlandscape.metrics import flatness
     objective = micro_objective("probe")
     model = objective.model
     theta = {k: v.clone() for k, v in model.state_dict().items()}

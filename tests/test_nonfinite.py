@@ -9,8 +9,9 @@ import pyvista as pv
 import torch
 import xarray as xr
 
-from vitlandscape import basins, figures, flatness, interactive, metrics, plots
+from vitlandscape import figures, interactive, plots
 from vitlandscape.landscape import grid, tiles
+from vitlandscape.metrics import basins, flatness, tables
 from vitlandscape.storage.outputs import sha256, write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 11], [-1.0, 1.0, 11], [4, 4]
@@ -224,7 +225,7 @@ def test_bilinear_ignores_corners_of_weight_zero():
 
 def test_metrics_file_of_a_surface_with_nonfinite_points(assembled, tmp_path):
     cfg = {"relative_rises": [0.5], "absolute_rises": [0.25], "sharpness_rho": [0.5], "claims": []}
-    metrics.tables(cfg, [assembled[0]], [], [], tmp_path / "metrics")
+    tables.tables(cfg, [assembled[0]], [], [], tmp_path / "metrics")
     found = json.loads((tmp_path / "metrics/m/supervised.json").read_text())["surface"]
     assert found["nonfinite_points"] == 3 and found["centre_loss"] == 1.0
     assert found["sharpness"][0]["nonfinite_samples"] == 0 and math.isfinite(found["sharpness"][0]["mean_rise"])
@@ -242,7 +243,7 @@ def test_a_centre_without_a_finite_loss_is_an_error_naming_the_surface(tmp_path)
     cfg = {"relative_rises": [0.5], "absolute_rises": [0.25], "sharpness_rho": [0.5], "claims": []}
     with pytest.raises(ValueError, match=r"surface .*s\.zarr \(m/pretext\): the loss at the centre "
                                          r"\(alpha 0, beta 0\) is nan"):
-        metrics.tables(cfg, [tmp_path / "s.zarr"], [], [], tmp_path / "metrics")
+        tables.tables(cfg, [tmp_path / "s.zarr"], [], [], tmp_path / "metrics")
     for measure in (lambda: basins.absolute_basins(loss, axis, axis, [0.1]),
                     lambda: basins.convex_region(loss, axis, axis),
                     lambda: basins.sharpness(loss, axis, axis, 0.5)):

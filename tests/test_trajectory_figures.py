@@ -8,9 +8,8 @@ from matplotlib.contour import ContourSet
 from matplotlib.patches import FancyArrowPatch
 
 from test_figures import text_overlaps
-from vitlandscape import figures
-from vitlandscape.curves import smoothed
-from vitlandscape import trajectory_figures as tf
+from vitlandscape import figures, trajectory_figures as tf
+from vitlandscape.metrics.curves import smoothed
 
 FAST = {"dpi": 40, "levels": 8}
 GRID = np.linspace(-1, 1, 11)

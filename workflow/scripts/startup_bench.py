@@ -25,13 +25,13 @@ from vitlandscape import warmstart  # noqa: E402
 # The modules each kind of job imports before it computes (cli.py's dispatch).
 STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.train.stages",
           "directions / tiles / lines / trajectory plane": "vitlandscape.landscape.stages",
-          "hessian / flatness": "vitlandscape.curvature",
+          "hessian / flatness": "vitlandscape.metrics.stages",
           "prepare-data": "vitlandscape.data.prepare",
           "assemble": "vitlandscape.landscape.tiles",
           "figures": "vitlandscape.plots",
-          "metrics tables": "vitlandscape.metrics",
-          "convergence table": "vitlandscape.convergence",
-          "accuracy table": "vitlandscape.accuracy"}
+          "metrics tables": "vitlandscape.metrics.tables",
+          "convergence table": "vitlandscape.metrics.convergence",
+          "accuracy table": "vitlandscape.metrics.accuracy"}
 
 
 def seconds(command: list[str], env: dict) -> float:

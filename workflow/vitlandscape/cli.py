@@ -267,15 +267,15 @@ def _run(args) -> None:
     if args.stage == "plan":  # counts from the config: torch is imported only to measure
         _plan(args)
     elif args.stage == "metrics-tables":
-        from vitlandscape import metrics
-        metrics.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
+        from vitlandscape.metrics import tables
+        tables.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
     elif args.stage == "assemble":
         from vitlandscape.landscape import tiles
         tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
     elif args.stage == "convergence":
-        from vitlandscape import convergence
+        from vitlandscape.metrics import convergence
         convergence.table(args.settings, dict(item.split("=", 1) for item in args.curves), args.out,
                           dict(item.split("=", 1) for item in args.probes))
     elif args.stage.startswith("plot-"):
@@ -313,7 +313,7 @@ def _compute(args) -> None:
         from vitlandscape.data import prepare
         prepare.prepare_data(args.settings, args.out)
     elif args.stage == "accuracy-table":
-        from vitlandscape import accuracy
+        from vitlandscape.metrics import accuracy
         supervised = dict(item.split("=", 1) for item in args.supervised)
         accuracy.accuracy_table(args.metrics, supervised, args.out)
     elif args.stage in ("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"):
@@ -359,13 +359,13 @@ def _landscape(args) -> None:
 
 
 def _curvature(args) -> None:
-    from vitlandscape import curvature
+    from vitlandscape.metrics import stages as metrics_stages
     if args.stage == "hessian":
-        curvature.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
+        metrics_stages.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
     elif args.stage == "flatness":
-        curvature.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
+        metrics_stages.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
     else:
-        curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
+        metrics_stages.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
 
 
 def _plan(args) -> None:

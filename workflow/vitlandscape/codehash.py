@@ -16,12 +16,12 @@ from pathlib import Path
 STAGE_ENTRIES = {
     "prepare_data": ["data/prepare.py"],
     "train": ["train/stages.py"],
-    "table": ["accuracy.py"],
+    "table": ["metrics/accuracy.py"],
     "landscape": ["landscape/stages.py", "landscape/tiles.py"],
     "figures": ["plots.py"],
-    "metrics": ["curvature.py"],
-    "metrics_tables": ["metrics.py"],
-    "convergence": ["convergence.py"],
+    "metrics": ["metrics/stages.py"],
+    "metrics_tables": ["metrics/tables.py"],
+    "convergence": ["metrics/convergence.py"],
     "bench": ["landscape/bench.py", "storage/outputs.py", "configcheck.py"],
 }
 

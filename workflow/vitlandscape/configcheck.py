@@ -6,7 +6,8 @@ Each problem names the config key at fault, the value and what is expected.
 import zipfile
 from pathlib import Path
 
-from vitlandscape import findings, schemaerrors
+from vitlandscape import schemaerrors
+from vitlandscape.metrics import findings
 from vitlandscape.models.arch import DECODER_KEYS, PRESETS
 from vitlandscape.train import recipes
 

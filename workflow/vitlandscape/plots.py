@@ -77,7 +77,7 @@ def trajectory_figures(settings: dict, surface_paths, summary_files, curve_files
     import pandas as pd
 
     from vitlandscape import trajectory_figures as draw
-    from vitlandscape.curves import compared_column
+    from vitlandscape.metrics.curves import compared_column
     if not len(labels) == len(surface_paths) == len(summary_files) == len(curve_files):
         raise ValueError(f"{len(labels)} labels for {len(surface_paths)} surfaces, {len(summary_files)} "
                          f"summaries and {len(curve_files)} curves")

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from vitlandscape.curves import check_curve, smoothed
+from vitlandscape.metrics.curves import check_curve, smoothed
 from vitlandscape.figures import (
     _colorbar, _column_title, _common_and_own, _draw_contour, _new_figure, _suptitle, _wrap, colour_scale, describe,
     display_values, plot_grid, resolve_settings, value_label,

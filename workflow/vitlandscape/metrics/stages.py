@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vitlandscape import devices, flatness, hessian
+from vitlandscape import devices
 from vitlandscape.data import prepare
 from vitlandscape.landscape import directions, grid, objectives, surface
+from vitlandscape.metrics import flatness, hessian
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 

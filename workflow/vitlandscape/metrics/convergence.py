@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitlandscape.curves import check_curve, compared_column, smoothed
+from vitlandscape.metrics.curves import check_curve, compared_column, smoothed
 from vitlandscape.storage.outputs import replacing
 
 COLUMNS = ["model", "method", "stage", "quantity", "target", "threshold", "step", "epoch", "wall_s", "reached"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vitlandscape import basins, findings
+from vitlandscape.metrics import basins, findings
 from vitlandscape.storage.outputs import write_json
 
 # Fields of the Hessian and flatness files that say which model they measure, not what.
