@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitlandscape import figures
+from vitlandscape.figures import surfaces
 from vitlandscape.landscape import objectives
 from vitlandscape.metrics import hessian
 from vitlandscape.models.arch import build_mae
@@ -118,7 +118,7 @@ def test_trace_and_density(case):
         expected = np.mean([z @ power @ z for z in starts]) / op.size
         assert (weights * nodes ** p).sum() == pytest.approx(expected, rel=1e-6)
     grid = np.linspace(nodes.min() - 1, nodes.max() + 1, 4001)
-    smooth = figures.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
+    smooth = surfaces.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
     assert np.trapezoid(smooth, grid) == pytest.approx(1.0, abs=1e-3)
 
 

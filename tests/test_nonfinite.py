@@ -9,7 +9,7 @@ import pyvista as pv
 import torch
 import xarray as xr
 
-from vitlandscape import figures, interactive, plots
+from vitlandscape.figures import interactive, stages as figures_stages, surfaces
 from vitlandscape.landscape import grid, tiles
 from vitlandscape.metrics import basins, flatness, tables
 from vitlandscape.storage.outputs import sha256, write_netcdf
@@ -111,23 +111,23 @@ def test_line_file_counts_its_nonfinite_points(tmp_path, capsys):
 
 
 def test_values_drawn_have_gaps_at_nonfinite_points_and_a_finite_colour_scale(assembled):
-    ds = plots.open_surface(assembled[0])
+    ds = figures_stages.open_surface(assembled[0])
     for settings in ({}, {"log_scale": True}, {"zmax": 1.5}):
-        s = figures.resolve_settings(settings)
-        _, _, Z = figures.plot_grid(ds)
-        shown = figures.display_values(Z, s)
+        s = surfaces.resolve_settings(settings)
+        _, _, Z = surfaces.plot_grid(ds)
+        shown = surfaces.display_values(Z, s)
         gaps = ~np.isfinite(shown)
         # Z[j, i] = loss[i, j]: the NaN at (0, 10) and the inf at (10, 10), (10, 0)
         assert gaps[10, 0] and gaps[10, 10] and gaps[0, 10] and gaps.sum() == 3
-        lo, hi = figures.colour_scale([shown], s).limits
+        lo, hi = surfaces.colour_scale([shown], s).limits
         assert math.isfinite(lo) and math.isfinite(hi)
-    accuracy = figures.accuracy_percent(figures.plot_grid(ds, "accuracy")[2], Z)
+    accuracy = surfaces.accuracy_percent(surfaces.plot_grid(ds, "accuracy")[2], Z)
     assert np.isnan(accuracy[10, 0]) and np.isnan(accuracy[0, 10]) and np.isfinite(accuracy).sum() == 118
 
 
 def test_every_figure_kind_draws_with_gaps(assembled, tmp_path):
-    ds = plots.open_surface(assembled[0])
-    contour = figures.make_contour_figure(ds, FAST)
+    ds = figures_stages.open_surface(assembled[0])
+    contour = surfaces.make_contour_figure(ds, FAST)
     filled = contour.axes[0].collections[0]
     paths = filled.get_paths()
     # the filled contours cover the cells between finite points, not the part next to a non-finite one
@@ -136,22 +136,23 @@ def test_every_figure_kind_draws_with_gaps(assembled, tmp_path):
         assert not any(p.contains_point(cell) for p in paths)
     crossed = ds.copy(deep=True)
     crossed["loss"][0, 5] = np.inf  # on the slice along alpha at beta = 0
-    slices = figures.make_slices_figure(crossed, FAST)
+    slices = surfaces.make_slices_figure(crossed, FAST)
     assert np.isnan(slices.axes[0].lines[0].get_ydata()[0]) and np.isnan(slices.axes[2].lines[0].get_ydata()[0])
-    along = figures.make_path_figure(ds.isel(beta=10).drop_vars("beta"), FAST)
+    along = surfaces.make_path_figure(ds.isel(beta=10).drop_vars("beta"), FAST)
     loss_line, accuracy_line = along.axes[0].lines[0], along.axes[1].lines[0]
     assert np.isnan(loss_line.get_ydata()[[0, 10]]).all() and np.isfinite(loss_line.get_ydata()[1:10]).all()
     assert np.isnan(accuracy_line.get_ydata()[[0, 10]]).all()
-    figures.make_surface_figure(ds, FAST)
-    figures.make_accuracy_figure(ds, FAST)
-    figures.make_comparison_figure([("a", ds), ("b", ds)], FAST)
-    figures.make_basin_figure([("a", ds)], {**FAST, "basin_delta": 0.5})
-    written = plots.surface_figures(FAST, assembled[0], tmp_path / "fig/m", tmp_path / "m.html", tmp_path / "m.vts")
+    surfaces.make_surface_figure(ds, FAST)
+    surfaces.make_accuracy_figure(ds, FAST)
+    surfaces.make_comparison_figure([("a", ds), ("b", ds)], FAST)
+    surfaces.make_basin_figure([("a", ds)], {**FAST, "basin_delta": 0.5})
+    written = figures_stages.surface_figures(FAST, assembled[0], tmp_path / "fig/m", tmp_path / "m.html",
+                                             tmp_path / "m.vts")
     assert all(path.stat().st_size > 0 for path in written)
 
 
 def test_interactive_views_leave_nonfinite_points_out(assembled, tmp_path):
-    ds = plots.open_surface(assembled[0])
+    ds = figures_stages.open_surface(assembled[0])
     trace = interactive.make_plotly_figure(ds).data[0]
     assert trace.z[10][0] is None and trace.z[10][10] is None and trace.z[0][10] is None
     assert sum(v is None for row in trace.z for v in row) == 3

@@ -301,8 +301,8 @@ MODULE_STAGES = {
     "metrics/flatness.py": {"metrics"}, "metrics/tables.py": {"metrics_tables"},
     "metrics/basins.py": {"metrics_tables"}, "metrics/findings.py": {"metrics_tables"},
     "metrics/convergence.py": {"convergence"}, "metrics/curves.py": {"convergence", "figures"},
-    "plots.py": {"figures"}, "figures.py": {"figures"}, "interactive.py": {"figures"},
-    "trajectory_figures.py": {"figures"},
+    "figures/__init__.py": {"figures"}, "figures/stages.py": {"figures"}, "figures/surfaces.py": {"figures"},
+    "figures/trajectories.py": {"figures"}, "figures/interactive.py": {"figures"},
     # argument parsing, the code hashes, config checks (with the checkpoint-header and schema-error
     # helpers), the cost planner (and its throughput measurement) and the benchmark compute no result
     "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(),

@@ -28,7 +28,7 @@ STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.train.stages
           "hessian / flatness": "vitlandscape.metrics.stages",
           "prepare-data": "vitlandscape.data.prepare",
           "assemble": "vitlandscape.landscape.tiles",
-          "figures": "vitlandscape.plots",
+          "figures": "vitlandscape.figures.stages",
           "metrics tables": "vitlandscape.metrics.tables",
           "convergence table": "vitlandscape.metrics.convergence",
           "accuracy table": "vitlandscape.metrics.accuracy"}

@@ -285,22 +285,22 @@ def _run(args) -> None:
 
 
 def _plot(args) -> None:
-    from vitlandscape import plots
+    from vitlandscape.figures import stages as figures_stages
     if args.stage == "plot-surface":
-        plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
+        figures_stages.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
     elif args.stage == "plot-accuracy":
-        plots.accuracy_figure(args.settings, args.surface, args.prefix)
+        figures_stages.accuracy_figure(args.settings, args.surface, args.prefix)
     elif args.stage == "plot-path":
-        plots.path_figure(args.settings, args.path, args.prefix)
+        figures_stages.path_figure(args.settings, args.path, args.prefix)
     elif args.stage == "plot-compare":
-        plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
+        figures_stages.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "plot-spectrum":
-        plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
+        figures_stages.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
     elif args.stage == "plot-ratio-map":
-        plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
+        figures_stages.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
     elif args.stage == "plot-trajectory":
-        plots.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
-                                 args.prefix, args.title)
+        figures_stages.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
+                                          args.prefix, args.title)
 
 
 def _compute(args) -> None:

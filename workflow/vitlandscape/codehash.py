@@ -18,7 +18,7 @@ STAGE_ENTRIES = {
     "train": ["train/stages.py"],
     "table": ["metrics/accuracy.py"],
     "landscape": ["landscape/stages.py", "landscape/tiles.py"],
-    "figures": ["plots.py"],
+    "figures": ["figures/stages.py"],
     "metrics": ["metrics/stages.py"],
     "metrics_tables": ["metrics/tables.py"],
     "convergence": ["metrics/convergence.py"],

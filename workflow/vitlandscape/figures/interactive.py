@@ -12,7 +12,7 @@ import xarray as xr
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
-from .figures import ALPHA_LABEL, BETA_LABEL, clip_values, describe, plot_grid, resolve_settings
+from vitlandscape.figures.surfaces import ALPHA_LABEL, BETA_LABEL, clip_values, describe, plot_grid, resolve_settings
 
 
 def _json_values(values: np.ndarray) -> list:

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
 from vitlandscape.metrics.curves import check_curve, smoothed
-from vitlandscape.figures import (
+from vitlandscape.figures.surfaces import (
     _colorbar, _column_title, _common_and_own, _draw_contour, _new_figure, _suptitle, _wrap, colour_scale, describe,
     display_values, plot_grid, resolve_settings, value_label,
 )
