@@ -37,7 +37,7 @@ torch.set_num_threads(int(sys.argv[2]))
 from vitlandscape.data import prepare
 from vitlandscape.landscape import grid, stages as landscape_stages, tiles
 from vitlandscape.metrics import stages as metrics_stages
-from vitlandscape.train import stages
+from vitlandscape.train import stages as train_stages
 
 S = json.loads(Path(sys.argv[1]).read_text())
 ls = S["pretext"]["landscape"]
@@ -54,20 +54,20 @@ def line():
 RUN = {
     "data": lambda: prepare.prepare_data(S["data"], "data.pt"),
     "folder": lambda: prepare.prepare_data(S["folder"], "folder.pt"),
-    "supervised": lambda: stages.pretrain(S["supervised"], "data.pt", "supervised.pt"),
-    "mae": lambda: stages.pretrain(S["mae"], "data.pt", "mae.pt"),
-    "rcmae": lambda: stages.pretrain(S["rcmae"], "data.pt", "rcmae.pt"),
-    "streamed": lambda: stages.pretrain(S["streamed"], "folder.pt", "streamed.pt", workers=2),
-    "probe": lambda: stages.downstream(S["mae"], "probe", "data.pt", "mae.pt", "probe.pt", "probe.json"),
-    "finetune": lambda: stages.downstream(S["mae"], "finetune", "data.pt", "mae.pt", "finetune.pt",
-                                          "finetune.json"),
-    "evaluate": lambda: stages.evaluate(S["mae"], "finetune", "data.pt", "finetune.pt", "evaluate.json"),
+    "supervised": lambda: train_stages.pretrain(S["supervised"], "data.pt", "supervised.pt"),
+    "mae": lambda: train_stages.pretrain(S["mae"], "data.pt", "mae.pt"),
+    "rcmae": lambda: train_stages.pretrain(S["rcmae"], "data.pt", "rcmae.pt"),
+    "streamed": lambda: train_stages.pretrain(S["streamed"], "folder.pt", "streamed.pt", workers=2),
+    "probe": lambda: train_stages.downstream(S["mae"], "probe", "data.pt", "mae.pt", "probe.pt", "probe.json"),
+    "finetune": lambda: train_stages.downstream(S["mae"], "finetune", "data.pt", "mae.pt", "finetune.pt",
+                                                "finetune.json"),
+    "evaluate": lambda: train_stages.evaluate(S["mae"], "finetune", "data.pt", "finetune.pt", "evaluate.json"),
     "directions": lambda: landscape_stages.make_directions(S["pretext"], "mae.pt", "dirs.safetensors"),
     "tiles": surface_tiles,
     "assemble": lambda: tiles.assemble(S["pretext"], TILES, "mae.pt", "dirs.safetensors", "surface.zarr"),
     "line": line,
     "interpolate": lambda: landscape_stages.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
-                                                 "interpolation.nc"),
+                                                        "interpolation.nc"),
     "hessian": lambda: metrics_stages.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
     "flatness": lambda: metrics_stages.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),
 }

@@ -11,7 +11,7 @@ from vitlandscape.data import prepare
 from vitlandscape.landscape import directions, grid, stages as landscape_stages, tiles
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage.outputs import sha256
-from vitlandscape.train import stages
+from vitlandscape.train import stages as train_stages
 from conftest import model_settings
 import reference
 
@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     cfg = model_settings("mae")
     mae = build_mae(cfg["arch"])
     torch.save({"model": mae.state_dict(), "args": argparse.Namespace(norm_pix_loss=False)}, root / "mae.pth")
-    stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
+    train_stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
     return root, cfg
 
 

@@ -122,14 +122,14 @@ def test_tables_from_surfaces(tmp_path):
 def test_ratio_map_measures_the_hessian_at_the_moved_weights(micro, tmp_path):
     """At theta + 0.5 dx the map's lambda_max, lambda_min and ratio are those of the dense
     reference Hessian of the weights moved there by hand."""
-    from vitlandscape.landscape import directions, stages
+    from vitlandscape.landscape import directions, stages as landscape_stages
     root, settings = micro
     ls = {**settings["landscape"], "direction_seed": 0, "normalization": "filter", "perturb_1d": False,
           "perturb_frozen": False, "orthogonal": False}
     moved_settings = {**settings, "landscape": ls, "metrics": {
         "hessian": HESSIAN, "ratio_map": {"alpha": [0.5, 0.5, 1], "beta": [0.0, 0.0, 1], "lanczos_steps": 80,
                                           "tolerance": None}}}
-    stages.make_directions(moved_settings, root / "mae.pth", tmp_path / "dirs.safetensors")
+    landscape_stages.make_directions(moved_settings, root / "mae.pth", tmp_path / "dirs.safetensors")
     found = metrics_stages.ratio_map(moved_settings, root / "data.pt", root / "mae.pth", tmp_path / "dirs.safetensors",
                                      tmp_path / "map.nc")
     dirs, _ = directions.load(tmp_path / "dirs.safetensors")

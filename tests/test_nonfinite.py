@@ -94,10 +94,10 @@ def test_a_tile_warns_and_a_clean_one_does_not(capsys):
 
 
 def test_line_file_counts_its_nonfinite_points(tmp_path, capsys):
-    from vitlandscape.landscape import stages  # imports torch and timm: only here
+    from vitlandscape.landscape import stages as landscape_stages  # imports torch and timm: only here
     t = np.linspace(-1, 1, 5)
-    ds = stages._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
-                            {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
+    ds = landscape_stages._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
+                                      {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
     log = capsys.readouterr().out
     with xr.open_dataset(tmp_path / "line.nc", engine="scipy") as read:
         assert int(read.attrs["nonfinite_points"]) == 2 and np.isposinf(read.loss.values[-1])

@@ -327,21 +327,21 @@ def _compute(args) -> None:
 
 
 def _train(args) -> None:
-    from vitlandscape.train import stages
+    from vitlandscape.train import stages as train_stages
     if args.stage == "pretrain":
-        stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
+        train_stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):
-        stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
-                          args.device, args.workers)
+        train_stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
+                                args.device, args.workers)
     elif args.stage == "snapshot-probe":
-        stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
-                               args.workers)
+        train_stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
+                                     args.workers)
     elif args.stage == "trajectory":
-        stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint, args.snapshots,
-                          args.curve, args.pretrained, args.device, args.workers)
+        train_stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint,
+                                args.snapshots, args.curve, args.pretrained, args.device, args.workers)
     else:
-        stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
-                        args.workers)
+        train_stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
+                              args.workers)
 
 
 def _landscape(args) -> None:

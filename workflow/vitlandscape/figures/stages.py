@@ -1,6 +1,5 @@
 """Figure stages: read surfaces from Zarr, draw them (surfaces.py, trajectories.py) and export them
-(interactive.py);
-draw Hessian spectra from their metrics JSON."""
+(interactive.py); draw Hessian spectra from their metrics JSON."""
 import json
 from pathlib import Path
 

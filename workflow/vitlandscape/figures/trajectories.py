@@ -1,7 +1,7 @@
 """Figures of training trajectories: the weights' path projected on the plane of their first two
 principal components, drawn over the loss surface of that plane; training loss curves; and the
 distance the weights travel. Each function returns a matplotlib Figure (Agg canvas, no pyplot
-state); saving is done elsewhere (`figures.save_figure`).
+state); saving is done elsewhere (`figures/surfaces.py`'s `save_figure`).
 
 A trajectory summary (`pca.json`) holds `steps`, `coords` (one [a, b] per snapshot, in the
 surface's alpha/beta units, the final weights at (0, 0)), `explained_variance_ratio`, `scale`,
