@@ -59,10 +59,10 @@ def npz_dataset(tmp_path) -> Path:
 @pytest.fixture
 def data_file(tmp_path, npz_dataset) -> Path:
     """The npz data set prepared (16 px, 32 evaluation images, a quarter held out for test)."""
-    from vitlandscape import data
+    from vitlandscape.data import prepare
     path = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
-                       "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, path)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+                          "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, path)
     return path
 
 

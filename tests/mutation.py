@@ -21,8 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / ".mutation"
-CORE = ["masking", "grid", "directions", "surface", "landscape", "objectives", "checkpoints", "rcmae",
-        "configcheck"]
+# Modules as dotted paths below the package, as mutmut names its mutants.
+CORE = ["models.masking", "landscape.grid", "landscape.directions", "landscape.surface", "landscape.stages",
+        "landscape.objectives", "storage.checkpoints", "train.rcmae", "configcheck"]
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
 
 MUTMUT_CONFIG = """[tool.mutmut]
@@ -45,7 +46,7 @@ def stage(fresh: bool) -> None:
         shutil.copytree(ROOT / source, STAGE / target, ignore=ignore, dirs_exist_ok=True)
     ini = (ROOT / "pytest.ini").read_text()
     (STAGE / "pytest.ini").write_text(re.sub(r"(?m)^pythonpath = .*$", "pythonpath = src", ini))
-    modules = ", ".join(f'"src/vitlandscape/{m}.py"' for m in CORE)
+    modules = ", ".join(f'"src/vitlandscape/{m.replace(".", "/")}.py"' for m in CORE)
     (STAGE / "pyproject.toml").write_text(MUTMUT_CONFIG.format(modules=modules))
 
 
@@ -62,7 +63,7 @@ def results() -> tuple[dict[str, collections.Counter], list[tuple[str, str]]]:
     survivors = []
     for line in mutmut("results", "--all", "true").splitlines():
         key, _, status = line.strip().rpartition(": ")
-        match = re.match(r"vitlandscape\.(\w+)\.", key)
+        match = re.match(r"vitlandscape\.([\w.]+)\.[^.]+$", key)  # module path, then the mutant's name
         if not match:
             continue
         by_module[match.group(1)][status] += 1
@@ -91,14 +92,14 @@ def main() -> None:
         by_module, survivors = results()
     if not by_module:
         sys.exit("mutmut produced no results: run `cd .mutation && python -m mutmut run` to see why")
-    print(f"\n{'module':<12} {'mutants':>8} {'detected':>9} {'score':>7}")
+    print(f"\n{'module':<22} {'mutants':>8} {'detected':>9} {'score':>7}")
     total = detected = 0
     for module in CORE:
         counts = by_module.get(module, collections.Counter())
         n, k = sum(counts.values()), sum(v for s, v in counts.items() if s in DETECTED)
         total, detected = total + n, detected + k
-        print(f"{module:<12} {n:>8} {k:>9} {k / n if n else float('nan'):>7.1%}")
-    print(f"{'all':<12} {total:>8} {detected:>9} {detected / total:>7.1%}")
+        print(f"{module:<22} {n:>8} {k:>9} {k / n if n else float('nan'):>7.1%}")
+    print(f"{'all':<22} {total:>8} {detected:>9} {detected / total:>7.1%}")
     print(f"\n{len(survivors)} not detected:")
     for key, status in survivors:
         print(f"\n# {key} ({status})")

@@ -1,6 +1,6 @@
-"""Batched augmentations (augment.py) against the per-image originals: torchvision's
-RandomResizedCrop / RandomHorizontalFlip, timm's RandAugment ops (on PIL images) and timm's
-RandomErasing rules."""
+"""Batched augmentations (augment/crop.py, randaugment.py, erasing.py) against the per-image
+originals: torchvision's RandomResizedCrop / RandomHorizontalFlip, timm's RandAugment ops (on
+PIL images) and timm's RandomErasing rules."""
 import math
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 import timm.data.auto_augment as timm_aa
 
-from vitlandscape import augment
+from vitlandscape.augment import crop, erasing, randaugment
 
 BICUBIC = Image.Resampling.BICUBIC
 # timm's create_transform for the MAE / DeiT recipes: bicubic, fill = round(255 * ImageNet mean)
@@ -60,10 +60,10 @@ def to_levels(images: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------- determinism
 
 CALLS = {
-    "crop": lambda x, g: augment.random_resized_crop(x, 12, generator=g),
-    "flip": lambda x, g: augment.horizontal_flip(x, generator=g),
-    "rand_augment": lambda x, g: augment.rand_augment(x, generator=g),
-    "erasing": lambda x, g: augment.random_erasing(x, prob=0.5, generator=g),
+    "crop": lambda x, g: crop.random_resized_crop(x, 12, generator=g),
+    "flip": lambda x, g: crop.horizontal_flip(x, generator=g),
+    "rand_augment": lambda x, g: randaugment.rand_augment(x, generator=g),
+    "erasing": lambda x, g: erasing.random_erasing(x, prob=0.5, generator=g),
 }
 
 
@@ -78,14 +78,14 @@ def test_same_seed_same_output_other_seed_other_output(name):
 
 def test_generator_must_be_a_cpu_generator():
     with pytest.raises(ValueError, match="CPU torch.Generator"):
-        augment.horizontal_flip(torch.zeros(2, 3, 4, 4), generator=None)
+        crop.horizontal_flip(torch.zeros(2, 3, 4, 4), generator=None)
 
 
 # ---------------------------------------------------------------- crop boxes
 
 def test_crop_boxes_inside_and_within_the_ranges():
     height, width, scale, ratio = 48, 64, (0.1, 0.6), (1.2, 2.0)  # w > h: catches w / h swapped
-    top, left, h, w = (t.double() for t in augment.crop_boxes(4000, height, width, scale, ratio, generator=gen(0)))
+    top, left, h, w = (t.double() for t in crop.crop_boxes(4000, height, width, scale, ratio, generator=gen(0)))
     assert ((top >= 0) & (left >= 0) & (h > 0) & (w > 0)).all()
     assert ((top + h <= height) & (left + w <= width)).all()
     # w = round(sqrt(a r)), h = round(sqrt(a / r)): some w*, h* within 0.5 of them have area
@@ -107,7 +107,7 @@ def test_crop_boxes_inside_and_within_the_ranges():
     (40, 44, (0, 0, 40, 44)),    # aspect within the range: the whole image
 ])
 def test_crop_fallback_is_the_clamped_centre_crop(height, width, expected):
-    boxes = augment.crop_boxes(50, height, width, scale=(1.5, 2.0), generator=gen(0))  # never fits
+    boxes = crop.crop_boxes(50, height, width, scale=(1.5, 2.0), generator=gen(0))  # never fits
     for value, box in zip(expected, boxes):
         assert (box == value).all()
 
@@ -116,7 +116,7 @@ def test_resized_crop_at_the_box_size_is_the_box():
     x = torch.rand(8, 3, 20, 26, generator=gen(0))
     top, left = torch.randint(0, 13, (8,), generator=gen(1)), torch.randint(0, 19, (8,), generator=gen(2))
     size = torch.full((8,), 8)
-    out = augment.resized_crop(x, top, left, size, size, 8)
+    out = crop.resized_crop(x, top, left, size, size, 8)
     for i in range(8):
         assert torch.equal(out[i], x[i, :, top[i]:top[i] + 8, left[i]:left[i] + 8])
 
@@ -144,15 +144,15 @@ def _reference_weights(n_in, n_out):
 def reference_resized_crop(image: np.ndarray, box, size) -> np.ndarray:
     """One [C, H, W] image, float64: crop, then resize each axis with PIL's coefficients."""
     top, left, h, w = box
-    crop = image[:, top:top + h, left:left + w]
-    return _reference_weights(h, size) @ crop @ _reference_weights(w, size).T
+    cropped = image[:, top:top + h, left:left + w]
+    return _reference_weights(h, size) @ cropped @ _reference_weights(w, size).T
 
 
 @pytest.mark.parametrize("size", [9, 50])  # downscaling (antialiased) and upscaling
 def test_resized_crop_matches_a_float64_reference(size):
     x = torch.rand(6, 3, 30, 40, generator=gen(0))
-    boxes = augment.crop_boxes(6, 30, 40, generator=gen(size))
-    out = augment.resized_crop(x, *boxes, size)
+    boxes = crop.crop_boxes(6, 30, 40, generator=gen(size))
+    out = crop.resized_crop(x, *boxes, size)
     for i in range(6):
         ref = reference_resized_crop(x[i].double().numpy(), [int(t[i]) for t in boxes], size)
         assert np.abs(out[i].numpy() - ref).max() < 1e-5  # float32 sums of <= 30 weighted terms
@@ -165,8 +165,8 @@ def test_resized_crop_matches_pil_within_its_uint8_rounding():
     images = smooth_images(6, 30, 40)
     x = to_tensor(images)
     for size in (12, 24, 57):
-        boxes = augment.crop_boxes(6, 30, 40, generator=gen(size))
-        out = to_levels(augment.resized_crop(x, *boxes, size))
+        boxes = crop.crop_boxes(6, 30, 40, generator=gen(size))
+        out = to_levels(crop.resized_crop(x, *boxes, size))
         for i in range(6):
             top, left, h, w = (int(t[i]) for t in boxes)
             pil = Image.fromarray(images[i]).crop((left, top, left + w, top + h)).resize((size, size), BICUBIC)
@@ -176,21 +176,21 @@ def test_resized_crop_matches_pil_within_its_uint8_rounding():
 
 def test_random_resized_crop_is_crop_boxes_then_resized_crop():
     x = torch.rand(5, 3, 21, 17, generator=gen(0))
-    boxes = augment.crop_boxes(5, 21, 17, (0.2, 1.0), generator=gen(3))
-    expected = augment.resized_crop(x, *boxes, 10)
-    assert torch.equal(augment.random_resized_crop(x, 10, (0.2, 1.0), generator=gen(3)), expected)
+    boxes = crop.crop_boxes(5, 21, 17, (0.2, 1.0), generator=gen(3))
+    expected = crop.resized_crop(x, *boxes, 10)
+    assert torch.equal(crop.random_resized_crop(x, 10, (0.2, 1.0), generator=gen(3)), expected)
 
 
 # ---------------------------------------------------------------- flip
 
 def test_flip_mirrors_a_fraction_p_of_the_images():
     x = torch.arange(4000 * 3, dtype=torch.float32).view(4000, 1, 1, 3)
-    out = augment.horizontal_flip(x, p=0.3, generator=gen(0))
+    out = crop.horizontal_flip(x, p=0.3, generator=gen(0))
     flipped = (out == x.flip(-1)).all(-1).flatten()
     assert (flipped | (out == x).all(-1).flatten()).all()  # each image exactly mirrored or kept
     assert abs(flipped.double().mean() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 4000)
-    assert torch.equal(augment.horizontal_flip(x, p=0.0, generator=gen(0)), x)
-    assert torch.equal(augment.horizontal_flip(x, p=1.0, generator=gen(0)), x.flip(-1))
+    assert torch.equal(crop.horizontal_flip(x, p=0.0, generator=gen(0)), x)
+    assert torch.equal(crop.horizontal_flip(x, p=1.0, generator=gen(0)), x.flip(-1))
 
 
 # ---------------------------------------------------------------- RandAugment
@@ -214,46 +214,46 @@ def assert_same_levels(ours: np.ndarray, reference: np.ndarray):
 
 
 def test_the_op_set_is_timms_increasing_set():
-    assert augment.OP_NAMES == tuple(timm_aa._RAND_INCREASING_TRANSFORMS)
+    assert randaugment.OP_NAMES == tuple(timm_aa._RAND_INCREASING_TRANSFORMS)
 
 
-@pytest.mark.parametrize("name", augment.OP_NAMES)
+@pytest.mark.parametrize("name", randaugment.OP_NAMES)
 def test_each_op_matches_timm_on_pil_images(name, monkeypatch):
     images = sample_images()
     x = to_tensor(images)
     for magnitude in (2.5, 6.25, 9.0, 9.99):  # 2.5 / 6.25: posterize / solarize on a level edge
         for negate in (False, True):
-            ours = to_levels(augment.augment_op(x, name, magnitude, negate))
+            ours = to_levels(randaugment.augment_op(x, name, magnitude, negate))
             reference = np.stack([timm_op(image, name, magnitude, negate, monkeypatch) for image in images])
             assert_same_levels(ours, reference)
 
 
 def test_posterize_at_magnitude_10_keeps_no_bits():
     x = to_tensor(sample_images())
-    assert (augment.augment_op(x, "PosterizeIncreasing", 10.0) == 0).all()
+    assert (randaugment.augment_op(x, "PosterizeIncreasing", 10.0) == 0).all()
 
 
 def test_rand_augment_draws_ops_per_image_as_timm(monkeypatch):
     """The whole RandAugment: per image, its drawn ops in sequence as timm's ops would apply
     them (skipped ones skipped), from rand_augment_params drawn with the same seed."""
     images = sample_images(n=24, h=16, w=20, seed=1)
-    out = to_levels(augment.rand_augment(to_tensor(images), num_ops=3, generator=gen(5)))
-    params = augment.rand_augment_params(24, num_ops=3, generator=gen(5))
+    out = to_levels(randaugment.rand_augment(to_tensor(images), num_ops=3, generator=gen(5)))
+    params = randaugment.rand_augment_params(24, num_ops=3, generator=gen(5))
     assert params.applied.any() and not params.applied.all()
     for i, image in enumerate(images):
         expected = image
         for layer in range(3):
             if params.applied[i, layer]:
-                name = augment.OP_NAMES[params.op[i, layer]]
+                name = randaugment.OP_NAMES[params.op[i, layer]]
                 expected = timm_op(expected.astype(np.uint8), name, float(params.magnitude[i, layer]),
                                    bool(params.negate[i, layer]), monkeypatch)
         assert_same_levels(out[i], expected)
 
 
 def test_rand_augment_params_distribution():
-    params = augment.rand_augment_params(6000, num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.4,
-                                         generator=gen(0))
-    counts = torch.bincount(params.op.flatten(), minlength=len(augment.OP_NAMES)).double() / params.op.numel()
+    params = randaugment.rand_augment_params(6000, num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.4,
+                                             generator=gen(0))
+    counts = torch.bincount(params.op.flatten(), minlength=len(randaugment.OP_NAMES)).double() / params.op.numel()
     assert (counts - 1 / 15).abs().max() < 0.01
     assert (params.op[:, 0] != params.op[:, 1]).double().mean() > 0.9  # drawn per image and layer
     assert abs(params.applied.double().mean() - 0.4) < 0.01
@@ -265,7 +265,7 @@ def test_rand_augment_params_distribution():
 
 def test_rand_augment_with_prob_0_returns_the_input():
     x = torch.rand(8, 3, 16, 16, generator=gen(0))  # off the uint8 grid: returned untouched
-    assert torch.equal(augment.rand_augment(x, prob=0.0, generator=gen(1)), x)
+    assert torch.equal(randaugment.rand_augment(x, prob=0.0, generator=gen(1)), x)
 
 
 @pytest.mark.parametrize("num_ops, prob", [(2, 0.5), (1, 0.5), (3, 0.3)])
@@ -274,7 +274,7 @@ def test_rand_augment_changes_the_expected_fraction_of_images(num_ops, prob):
     (24x24 images in [20, 230] are changed by every op at magnitude ~9)."""
     n = 1200
     x = torch.randint(20, 231, (n, 3, 24, 24), generator=gen(0)).float() / 255
-    out = augment.rand_augment(x, num_ops=num_ops, prob=prob, generator=gen(num_ops))
+    out = randaugment.rand_augment(x, num_ops=num_ops, prob=prob, generator=gen(num_ops))
     assert out.min() >= 0 and out.max() <= 1
     changed = (out != x).flatten(1).any(1).double().mean()
     expected = 1 - (1 - prob) ** num_ops
@@ -302,7 +302,7 @@ def changed_rectangles(out, x):
 def test_random_erasing_erases_one_rectangle_in_a_fraction_prob_of_images():
     n, size = 3000, 16
     x = torch.full((n, 3, size, size), 7.0)  # no N(0, 1) draw equals 7
-    out = augment.random_erasing(x, prob=0.25, generator=gen(0))
+    out = erasing.random_erasing(x, prob=0.25, generator=gen(0))
     rectangles = changed_rectangles(out, x)
     erased = [r for r in rectangles if r is not None]
     assert abs(len(erased) / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
@@ -312,7 +312,7 @@ def test_random_erasing_erases_one_rectangle_in_a_fraction_prob_of_images():
         assert (h - 0.5) * (w - 0.5) <= size * size / 3 and (h + 0.5) * (w + 0.5) >= 0.02 * size * size
         assert (h + 0.5) / (w - 0.5) >= 0.3 and (h - 0.5) / (w + 0.5) <= 1 / 0.3
     # the rectangles are erasing_boxes' (images left alone have h = w = 0 there)
-    boxes = augment.erasing_boxes(n, size, size, 0.25, generator=gen(0))
+    boxes = erasing.erasing_boxes(n, size, size, 0.25, generator=gen(0))
     for i, rectangle in enumerate(rectangles):
         drawn = tuple(int(t[i]) for t in boxes)
         assert rectangle == (drawn if drawn[2] else None)
@@ -321,7 +321,7 @@ def test_random_erasing_erases_one_rectangle_in_a_fraction_prob_of_images():
 
 
 def test_random_erasing_areas_spread_over_the_range():
-    top, left, h, w = (t.double() for t in augment.erasing_boxes(4000, 64, 64, 1.0, generator=gen(1)))
+    top, left, h, w = (t.double() for t in erasing.erasing_boxes(4000, 64, 64, 1.0, generator=gen(1)))
     fraction = h * w / 64 ** 2
     assert fraction.min() < 0.025 and fraction.max() > 0.3
     assert abs(fraction.mean() - (0.02 + 1 / 3) / 2) < 0.02  # ~ U(0.02, 1/3), a few retried
@@ -334,7 +334,7 @@ def test_random_erasing_areas_spread_over_the_range():
 def test_random_erasing_without_a_fitting_rectangle_erases_nothing():
     x = torch.rand(200, 3, 12, 12, generator=gen(0))
     # area = the whole image: h = round(12 sqrt(r)), w = round(12 / sqrt(r)) never both < 12
-    assert torch.equal(augment.random_erasing(x, prob=1.0, min_area=1.0, max_area=1.0, generator=gen(1)), x)
+    assert torch.equal(erasing.random_erasing(x, prob=1.0, min_area=1.0, max_area=1.0, generator=gen(1)), x)
 
 
 # ---------------------------------------------------------------- device

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from vitlandscape import basins
+from vitlandscape.metrics import basins
 
 AXIS = np.linspace(-1, 1, 201)
 A, B = np.meshgrid(AXIS, AXIS, indexing="ij")

@@ -12,8 +12,11 @@ import torch
 import yaml
 from loss_landscapes.metrics import Metric
 
-from vitlandscape import bench, cli, data, stages
+from vitlandscape import cli
+from vitlandscape.data import prepare
+from vitlandscape.landscape import bench
 from vitlandscape.models.arch import build_mae
+from vitlandscape.train import stages
 from conftest import ROOT, model_settings, planned_jobs
 
 GRID = 3  # alphas = betas = (-1, 0, 1)
@@ -29,7 +32,7 @@ def run_config(tmp_path_factory):
              labels=np.arange(60) % 3)
     data_cfg = {"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16, "eval_samples": 24, "seed": 0,
                 "test_fraction": 0.25}
-    data.prepare_data(data_cfg, root / "data.pt")
+    prepare.prepare_data(data_cfg, root / "data.pt")
     torch.manual_seed(0)
     cfg = model_settings("mae")
     torch.save({"model": build_mae(cfg["arch"]).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},

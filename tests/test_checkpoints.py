@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlandscape import checkpoints, data, objectives, outputs, stages
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape.data import prepare
+from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.storage import checkpoints, outputs
+from vitlandscape.storage.checkpoints import CheckpointError
+from vitlandscape.train import stages
 from conftest import model_settings
+
+
+def load_mae(path, model_cfg: dict) -> torch.nn.Module:
+    """An MAE with its decoder (official, RC-MAE release or ours), in eval mode."""
+    return objectives.load("pretext", path, model_cfg)[0]
 
 
 @pytest.fixture
@@ -24,7 +32,7 @@ def test_official_format_loads(tmp_path, mae_state):
     path = tmp_path / "mae_visualize_vit_tiny.pth"
     args = argparse.Namespace(model="mae_vit_tiny", norm_pix_loss=False, mask_ratio=0.75)
     torch.save({"model": mae_state, "optimizer": {}, "epoch": 399, "args": args}, path)
-    model = objectives.load_mae(path, model_settings())
+    model = load_mae(path, model_settings())
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, mae_state[key])
 
@@ -34,20 +42,20 @@ def test_rcmae_release_format_loads_teacher_or_student(tmp_path, mae_state):
     teacher = {f"module.{k}": v for k, v in mae_state.items()}
     path = tmp_path / "rc_mae.pth"
     torch.save({"student": student, "teacher": teacher, "epoch": 1}, path)
-    loaded = objectives.load_mae(path, model_settings()).state_dict()
+    loaded = load_mae(path, model_settings()).state_dict()
     torch.testing.assert_close(loaded["cls_token"], mae_state["cls_token"])
-    loaded = objectives.load_mae(path, model_settings(downstream_weights="student")).state_dict()
+    loaded = load_mae(path, model_settings(downstream_weights="student")).state_dict()
     torch.testing.assert_close(loaded["cls_token"], mae_state["cls_token"] + 1)
 
 
 def test_workflow_checkpoint_loads(tmp_path, npz_dataset):
     data_file = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
-                         "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, data_file)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16,
+                          "eval_samples": 32, "seed": 0, "test_fraction": 0.25}, data_file)
     for method in ("mae", "rcmae"):
         cfg = model_settings(method)
         ckpt = stages.pretrain(cfg, data_file, tmp_path / f"{method}.pt")
-        model = objectives.load_mae(tmp_path / f"{method}.pt", cfg)
+        model = load_mae(tmp_path / f"{method}.pt", cfg)
         torch.testing.assert_close(model.state_dict()["norm.weight"], ckpt["model"]["norm.weight"])
     ckpt = checkpoints.load(tmp_path / "rcmae.pt")
     torch.testing.assert_close(ckpt["model"]["blocks.0.attn.qkv.weight"],
@@ -67,7 +75,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, mae_state):
     path = tmp_path / "broken.pth"
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError) as err:
-        objectives.load_mae(path, model_settings())
+        load_mae(path, model_settings())
     assert str(err.value) == (
         f"checkpoint {path} (mae_pretrain format, torch file) does not match the model: missing keys: blocks.1.mlp.fc2.weight, decoder_pred.bias"
         " | unexpected keys: fc_norm.weight, head.weight"
@@ -103,7 +111,7 @@ def test_unreadable_and_wrong_layout_checkpoints(tmp_path):
     torch.save({"weights": {}, "epoch": 3}, odd)
     with pytest.raises(CheckpointError, match=r"in no supported format \(top-level keys: weights, epoch; "
                                               r"parameter names: none\)\. Supported: vitlandscape, mae_pretrain"):
-        objectives.load_mae(odd, model_settings())
+        load_mae(odd, model_settings())
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):
@@ -164,7 +172,7 @@ def test_non_dict_checkpoint_and_module_prefix(tmp_path, mae_state):
         checkpoints.load(tmp_path / "list.pt")
     prefixed = {f"module.{k}": v for k, v in mae_state.items()}
     torch.save({"model": prefixed}, tmp_path / "ddp.pth")
-    loaded = objectives.load_mae(tmp_path / "ddp.pth", model_settings()).state_dict()
+    loaded = load_mae(tmp_path / "ddp.pth", model_settings()).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in mae_state.items())
 
 
@@ -198,8 +206,8 @@ def test_objects_beyond_weights_are_refused_with_the_way_out_unless_trusted(tmp_
         checkpoints.load(path)
     assert checkpoints.load(path, trusted=True)["note"] == Fraction(1, 3)
     with pytest.raises(CheckpointError, match="trust_checkpoint"):
-        objectives.load_mae(path, model_settings())
-    model = objectives.load_mae(path, model_settings(trust_checkpoint=True))
+        load_mae(path, model_settings())
+    model = load_mae(path, model_settings(trust_checkpoint=True))
     assert torch.equal(model.state_dict()["decoder_pred.weight"], mae_state["decoder_pred.weight"])
     torch.save({"model": mae_state, "args": argparse.Namespace(norm_pix_loss=False)}, tmp_path / "official.pth")
     assert checkpoints.load(tmp_path / "official.pth")["args"].norm_pix_loss is False

@@ -52,6 +52,8 @@ def test_hash_changes_with_an_imported_module_only(package):
     ("e.py", "from pkg.sub.m import X", {"sub/__init__.py", "sub/m.py"}),
     ("e.py", "from pkg.sub import m, Y", {"sub/__init__.py", "sub/m.py"}),
     ("e.py", "from pkg.sub import Y", {"sub/__init__.py"}),  # a name, not a module
+    ("e.py", "from pkg.sub import m as other", {"sub/__init__.py", "sub/m.py"}),
+    ("e.py", "import pkg.sub.m as other", {"sub/__init__.py", "sub/m.py"}),
     ("e.py", "from . import d", {"d.py"}),
     ("e.py", "from .sub.m import X", {"sub/__init__.py", "sub/m.py"}),
     ("sub/e.py", "from .. import d", {"sub/__init__.py", "d.py"}),
@@ -61,6 +63,27 @@ def test_hash_changes_with_an_imported_module_only(package):
 def test_every_form_of_import(package, module, statement, found):
     write(package, {module: "def f():\n" + textwrap.indent(statement, "    ") + "\n"})
     assert codehash.closure(package, [module]) == {"__init__.py", module} | found
+
+
+def test_every_entry_module_is_a_library_module():
+    for stage, entries in codehash.STAGE_ENTRIES.items():
+        for entry in entries:
+            assert (LIBRARY / entry).is_file(), (stage, entry)
+
+
+def test_the_library_has_no_import_cycle():
+    """No module imports, directly or through others, a module that imports it (package
+    `__init__.py` files aside: importing any module runs them)."""
+    modules = {str(p.relative_to(LIBRARY)) for p in LIBRARY.rglob("*.py")}
+    graph = {m: {n for n in codehash.imports(LIBRARY, m) if not n.endswith("__init__.py")} - {m} for m in modules}
+    for start in modules:
+        seen, todo = set(), set(graph[start])
+        while todo:
+            module = todo.pop()
+            assert module != start, f"{start} imports itself through {sorted(seen)}"
+            if module not in seen:
+                seen.add(module)
+                todo |= graph[module]
 
 
 @pytest.mark.subprocess
@@ -150,19 +173,19 @@ def touch(workdir) -> None:
 
 @pytest.mark.subprocess
 def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_reach_it(finished):
-    """Only landscape and metrics code reaches directions.py: their rules rerun for their own
+    """Only landscape and metrics code reaches landscape/directions.py: their rules rerun for their own
     code, figures and training do not (they rerun only for renewed inputs)."""
     library = finished / "workflow/vitlandscape"
-    original = (library / "directions.py").read_text()
+    original = (library / "landscape/directions.py").read_text()
     try:
         (library / "newmod.py").write_text("SCALE = 1.0\n")
-        (library / "directions.py").write_text(original + "\nfrom vitlandscape import newmod  # noqa: E402,F401\n")
+        (library / "landscape/directions.py").write_text(original + "\nfrom vitlandscape import newmod  # noqa: E402,F401\n")
         touch(finished)
         (library / "newmod.py").write_text("SCALE = 2.0\n")
         changed = {row["rule"] for row in summary(finished) if "params changed" in row["status"]}
         planned = {rule for rule, _ in planned_jobs(finished)}
     finally:
-        (library / "directions.py").write_text(original)
+        (library / "landscape/directions.py").write_text(original)
         (library / "newmod.py").unlink()
         touch(finished)
     assert changed == LANDSCAPE_RULES | {"hessian", "flatness"}

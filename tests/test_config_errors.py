@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vitlandscape import ckptheader, configcheck, schemaerrors
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape import configcheck, schemaerrors
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, encoder_state
+from vitlandscape.storage import checkpoint_header
+from vitlandscape.storage.checkpoints import CheckpointError
 from conftest import ROOT, TINY_ARCH, validated
 
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -263,7 +264,7 @@ def test_safetensors_checkpoint_is_read_from_its_header_alone(tmp_path):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 4)
     with pytest.raises(CheckpointError, match="is truncated: its header describes"):
-        ckptheader.read(path)
+        checkpoint_header.read(path)
 
 
 def test_torch_checkpoint_is_memory_mapped(tmp_path):

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitlandscape import convergence
-from vitlandscape.curves import epoch_steps, smoothed
+from vitlandscape.metrics import convergence
+from vitlandscape.metrics.curves import epoch_steps, smoothed
 
 EPOCH = 10  # steps per epoch
 EPOCHS = 30

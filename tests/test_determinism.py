@@ -34,7 +34,10 @@ import json, shutil, sys, traceback
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from vitlandscape import curvature, data, grid, landscape, stages, tiles
+from vitlandscape.data import prepare
+from vitlandscape.landscape import grid, stages as landscape_stages, tiles
+from vitlandscape.metrics import stages as metrics_stages
+from vitlandscape.train import stages as train_stages
 
 S = json.loads(Path(sys.argv[1]).read_text())
 ls = S["pretext"]["landscape"]
@@ -42,31 +45,31 @@ TILES = [f"tiles/{t}.nc" for t in grid.tile_names(ls["alpha"], ls["beta"], ls["t
 
 def surface_tiles():
     for tile, out in zip(grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]), TILES):
-        landscape.surface_tile(S["pretext"], "data.pt", "mae.pt", "dirs.safetensors", tile, out)
+        landscape_stages.surface_tile(S["pretext"], "data.pt", "mae.pt", "dirs.safetensors", tile, out)
 
 def line():
-    landscape.make_directions(S["probe_objective"], "probe.pt", "probe_dirs.safetensors")
-    landscape.line(S["probe_objective"], "data.pt", "probe.pt", "probe_dirs.safetensors", "line.nc")
+    landscape_stages.make_directions(S["probe_objective"], "probe.pt", "probe_dirs.safetensors")
+    landscape_stages.line(S["probe_objective"], "data.pt", "probe.pt", "probe_dirs.safetensors", "line.nc")
 
 RUN = {
-    "data": lambda: data.prepare_data(S["data"], "data.pt"),
-    "folder": lambda: data.prepare_data(S["folder"], "folder.pt"),
-    "supervised": lambda: stages.pretrain(S["supervised"], "data.pt", "supervised.pt"),
-    "mae": lambda: stages.pretrain(S["mae"], "data.pt", "mae.pt"),
-    "rcmae": lambda: stages.pretrain(S["rcmae"], "data.pt", "rcmae.pt"),
-    "streamed": lambda: stages.pretrain(S["streamed"], "folder.pt", "streamed.pt", workers=2),
-    "probe": lambda: stages.downstream(S["mae"], "probe", "data.pt", "mae.pt", "probe.pt", "probe.json"),
-    "finetune": lambda: stages.downstream(S["mae"], "finetune", "data.pt", "mae.pt", "finetune.pt",
-                                          "finetune.json"),
-    "evaluate": lambda: stages.evaluate(S["mae"], "finetune", "data.pt", "finetune.pt", "evaluate.json"),
-    "directions": lambda: landscape.make_directions(S["pretext"], "mae.pt", "dirs.safetensors"),
+    "data": lambda: prepare.prepare_data(S["data"], "data.pt"),
+    "folder": lambda: prepare.prepare_data(S["folder"], "folder.pt"),
+    "supervised": lambda: train_stages.pretrain(S["supervised"], "data.pt", "supervised.pt"),
+    "mae": lambda: train_stages.pretrain(S["mae"], "data.pt", "mae.pt"),
+    "rcmae": lambda: train_stages.pretrain(S["rcmae"], "data.pt", "rcmae.pt"),
+    "streamed": lambda: train_stages.pretrain(S["streamed"], "folder.pt", "streamed.pt", workers=2),
+    "probe": lambda: train_stages.downstream(S["mae"], "probe", "data.pt", "mae.pt", "probe.pt", "probe.json"),
+    "finetune": lambda: train_stages.downstream(S["mae"], "finetune", "data.pt", "mae.pt", "finetune.pt",
+                                                "finetune.json"),
+    "evaluate": lambda: train_stages.evaluate(S["mae"], "finetune", "data.pt", "finetune.pt", "evaluate.json"),
+    "directions": lambda: landscape_stages.make_directions(S["pretext"], "mae.pt", "dirs.safetensors"),
     "tiles": surface_tiles,
     "assemble": lambda: tiles.assemble(S["pretext"], TILES, "mae.pt", "dirs.safetensors", "surface.zarr"),
     "line": line,
-    "interpolate": lambda: landscape.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
-                                                 "interpolation.nc"),
-    "hessian": lambda: curvature.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
-    "flatness": lambda: curvature.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),
+    "interpolate": lambda: landscape_stages.interpolate(S["interpolation"], "data.pt", "mae.pt", "rcmae.pt",
+                                                        "interpolation.nc"),
+    "hessian": lambda: metrics_stages.hessian_metrics(S["hessian"], "data.pt", "mae.pt", "hessian.json"),
+    "flatness": lambda: metrics_stages.flatness_metrics(S["flatness"], "data.pt", "mae.pt", "flatness.json"),
 }
 errors = {}
 for stage in sys.argv[3:]:

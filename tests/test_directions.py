@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vitlandscape import directions
+from vitlandscape.landscape import directions
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from conftest import TINY_ARCH

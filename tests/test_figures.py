@@ -1,5 +1,6 @@
 """Figures and interactive exports of synthetic loss surfaces."""
 
+import itertools
 import json
 import re
 
@@ -7,10 +8,14 @@ import numpy as np
 import pytest
 import pyvista as pv
 import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
+from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.text import Text
 
-from vitlandscape import figures, interactive, plots
+from vitlandscape.figures import interactive, stages, surfaces as figures_surfaces
 
 ALPHA = np.linspace(-1, 1, 9)
 BETA = np.linspace(-0.5, 1, 7)
@@ -93,20 +98,71 @@ def ratio_map() -> xr.Dataset:
 
 
 FIGURES = {
-    "3d": (figures.make_surface_figure, figures.plot_surface, surface),
-    "contour": (figures.make_contour_figure, figures.plot_contour, surface),
-    "accuracy": (figures.make_accuracy_figure, figures.plot_accuracy, lambda: surface(accuracy=True)),
-    "slices": (figures.make_slices_figure, figures.plot_slices, lambda: surface(accuracy=True)),
-    "compare": (figures.make_comparison_figure, figures.plot_comparison, two_entries),
-    "basins": (figures.make_basin_figure, figures.plot_basin_overlay, two_entries),
-    "path": (figures.make_path_figure, figures.plot_path, line),
-    "spectrum": (figures.make_spectrum_figure, figures.plot_spectrum, spectra),
-    "ratio_map": (figures.make_ratio_map_figure, figures.plot_ratio_map, ratio_map),
+    "3d": (figures_surfaces.make_surface_figure, figures_surfaces.plot_surface, surface),
+    "contour": (figures_surfaces.make_contour_figure, figures_surfaces.plot_contour, surface),
+    "accuracy": (figures_surfaces.make_accuracy_figure, figures_surfaces.plot_accuracy, lambda: surface(accuracy=True)),
+    "slices": (figures_surfaces.make_slices_figure, figures_surfaces.plot_slices, lambda: surface(accuracy=True)),
+    "compare": (figures_surfaces.make_comparison_figure, figures_surfaces.plot_comparison, two_entries),
+    "basins": (figures_surfaces.make_basin_figure, figures_surfaces.plot_basin_overlay, two_entries),
+    "path": (figures_surfaces.make_path_figure, figures_surfaces.plot_path, line),
+    "spectrum": (figures_surfaces.make_spectrum_figure, figures_surfaces.plot_spectrum, spectra),
+    "ratio_map": (figures_surfaces.make_ratio_map_figure, figures_surfaces.plot_ratio_map, ratio_map),
 }
 
 
+# What the figure tests check of every figure: no drawn text runs into another.
+
+def _drawn_texts(artist, owner: Axes | None = None,
+                 axis: Axis | None = None) -> list[tuple[Text, Axes | None, Axis | None]]:
+    """Visible, non-empty texts under ``artist``, each with the axes it belongs to and,
+    for tick labels, the axis.
+
+    Invisible subtrees are skipped, an axis contributes only the ticks it draws,
+    and contour labels are left out (they sit on their lines by design).
+    """
+    if not artist.get_visible():
+        return []
+    if isinstance(artist, Text):
+        return [(artist, owner, axis)] if artist.get_text().strip() else []
+    if isinstance(artist, Axis):
+        return (_drawn_texts(artist.label, owner) + _drawn_texts(artist.offsetText, owner)
+                + [found for tick in artist._update_ticks()  # private: the ticks drawn
+                   for found in _drawn_texts(tick, owner, artist)])
+    if isinstance(artist, Axes):
+        owner = artist
+        clabels = {t for c in artist.collections if isinstance(c, ContourSet) for t in c.labelTexts}
+        children = [c for c in artist.get_children() if c not in clabels]
+    else:
+        children = artist.get_children()
+    return [found for child in children for found in _drawn_texts(child, owner, axis)]
+
+
+def _intersect(a, b, gap: float = 0.0) -> bool:
+    """Whether two boxes overlap or come closer than `gap` pixels."""
+    return min(a.x1, b.x1) + gap > max(a.x0, b.x0) and min(a.y1, b.y1) + gap > max(a.y0, b.y0)
+
+
+def text_overlaps(fig: Figure) -> list[tuple[Text, Text | Axes]]:
+    """Drawn texts that overlap another text or another 2-D axes' plotting area.
+
+    Contour labels are not checked; 3-D axes are checked only as text owners
+    (their area is mostly empty space).
+    """
+    fig.canvas.draw()
+    texts = _drawn_texts(fig)
+    fig.canvas.draw()  # listing ticks resets 3-D tick label positions; place them again
+    boxes = {text: text.get_window_extent() for text, _, _ in texts}
+    flat = [ax for ax in fig.axes if ax.name != "3d"]
+    gap = 2 * fig.dpi / 72  # tick labels of one axis closer than 2 pt read as one number
+    overlaps = [(a, b) for (a, _, axis_a), (b, _, axis_b) in itertools.combinations(texts, 2)
+                if _intersect(boxes[a], boxes[b], gap if axis_a is not None and axis_a is axis_b else 0.0)]
+    overlaps += [(text, ax) for text, owner, _ in texts for ax in flat
+                 if ax is not owner and _intersect(boxes[text], ax.get_window_extent())]
+    return overlaps
+
+
 def describe_overlaps(fig):
-    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in figures.text_overlaps(fig)]
+    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in text_overlaps(fig)]
 
 
 @pytest.mark.parametrize("kind", FIGURES)
@@ -129,7 +185,7 @@ def test_figure_files_are_valid_and_text_does_not_overlap(tmp_path, kind, extra)
 
 
 def test_formats_setting_controls_outputs(tmp_path):
-    paths = figures.plot_contour(surface(), tmp_path / "m", {**FAST, "formats": ["png"]})
+    paths = figures_surfaces.plot_contour(surface(), tmp_path / "m", {**FAST, "formats": ["png"]})
     assert paths == [tmp_path / "m_contour.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_contour.png"]
 
@@ -146,13 +202,13 @@ def test_text_overlaps_finds_overlapping_texts_and_text_over_colorbar():
     bar_ax = fig.add_axes((0.7, 0.1, 0.1, 0.8))
     ax.set_xlim(0, 1)
     ax.text(0.95, 0.5, "reaches into the colorbar")
-    pairs = figures.text_overlaps(fig)
+    pairs = text_overlaps(fig)
     assert [(a.get_text(), b) for a, b in pairs] == [("reaches into the colorbar", bar_ax)]
 
 
 def test_plot_grid_puts_alpha_on_x_and_beta_on_y():
     ds = surface(centre=(0.75, 0.0), tilt=0.0, far_points=False)
-    X, Y, Z = figures.plot_grid(ds)
+    X, Y, Z = figures_surfaces.plot_grid(ds)
     assert X.shape == Y.shape == Z.shape == (BETA.size, ALPHA.size)
     loss = ds["loss"].values
     for i, j in [(0, 0), (8, 0), (2, 5), (8, 6)]:
@@ -162,7 +218,7 @@ def test_plot_grid_puts_alpha_on_x_and_beta_on_y():
 
 
 def test_contour_draws_the_minimum_on_the_right():
-    fig = figures.make_contour_figure(surface(centre=(0.75, 0.0), tilt=0.0, far_points=False), FAST)
+    fig = figures_surfaces.make_contour_figure(surface(centre=(0.75, 0.0), tilt=0.0, far_points=False), FAST)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "alpha (direction x)" and ax.get_ylabel() == "beta (direction y)"
     assert ax.get_xlim() == (-1.0, 1.0) and ax.get_ylim() == (-0.5, 1.0)
@@ -172,14 +228,14 @@ def test_contour_draws_the_minimum_on_the_right():
 
 
 def test_contour_levels_are_log_spaced_over_clipped_finite_data():
-    s = figures.resolve_settings({"zmax": 3.0, "levels": 6})
-    shown = figures.display_values(surface().loss.values, s)
-    scale = figures.colour_scale([shown], s)
+    s = figures_surfaces.resolve_settings({"zmax": 3.0, "levels": 6})
+    shown = figures_surfaces.display_values(surface().loss.values, s)
+    scale = figures_surfaces.colour_scale([shown], s)
     assert scale.limits == (1.0, 3.0)
     assert np.allclose(np.diff(np.log(scale.levels)), np.log(3.0) / 5)
 
-    log = figures.resolve_settings({"log_scale": True, "levels": 6})
-    scale = figures.colour_scale([figures.display_values(surface().loss.values, log)], log)
+    log = figures_surfaces.resolve_settings({"log_scale": True, "levels": 6})
+    scale = figures_surfaces.colour_scale([figures_surfaces.display_values(surface().loss.values, log)], log)
     finite = surface().loss.values[np.isfinite(surface().loss.values)]
     assert np.allclose(scale.limits, np.log10([finite.min(), finite.max()]))
     assert np.allclose(np.diff(scale.levels), np.diff(scale.levels)[0])
@@ -187,22 +243,22 @@ def test_contour_levels_are_log_spaced_over_clipped_finite_data():
 
 def test_accuracy_figure_shows_percent_and_needs_accuracy():
     ds = surface(accuracy=True)
-    fig = figures.make_accuracy_figure(ds, FAST)
+    fig = figures_surfaces.make_accuracy_figure(ds, FAST)
     filled = next(c for c in fig.axes[0].collections if c.get_paths())
     accuracy = 100 * ds.accuracy.values[np.isfinite(ds.loss.values)]  # none drawn where the loss is not finite
     assert np.allclose(filled.levels[[0, -1]], [accuracy.min(), accuracy.max()])
     assert fig.axes[1].get_ylabel() == "accuracy (%)" and "pretext accuracy" in fig.get_suptitle()
     with pytest.raises(ValueError, match="no accuracy"):
-        figures.make_accuracy_figure(surface(), FAST)
+        figures_surfaces.make_accuracy_figure(surface(), FAST)
 
 
 def test_colour_scale_rejects_surface_without_finite_values():
     with pytest.raises(ValueError, match="no finite"):
-        figures.colour_scale([np.full((3, 3), np.nan)], figures.resolve_settings({}))
+        figures_surfaces.colour_scale([np.full((3, 3), np.nan)], figures_surfaces.resolve_settings({}))
 
 
 def test_comparison_shares_one_colour_scale_and_z_range():
-    fig = figures.make_comparison_figure(two_entries(), FAST)
+    fig = figures_surfaces.make_comparison_figure(two_entries(), FAST)
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     panels = [ax for ax in fig.axes if ax not in bars]
     assert len(bars) == 1 and len(panels) == 4
@@ -216,21 +272,21 @@ def test_comparison_shares_one_colour_scale_and_z_range():
 
 
 def test_titles_say_what_was_plotted():
-    fig = figures.make_contour_figure(surface(), FAST)
+    fig = figures_surfaces.make_contour_figure(surface(), FAST)
     title = fig.get_suptitle()
     for expected in ["vit_tiny_mae", "mae pretext loss", "9×7 grid", "α∈[-1, 1]", "β∈[-0.5, 1]",
                      "256 eval samples", "filter-norm, weights only"]:
         assert expected in title
-    fig = figures.make_comparison_figure(two_entries(), FAST, title="MAE vs supervised")
+    fig = figures_surfaces.make_comparison_figure(two_entries(), FAST, title="MAE vs supervised")
     assert fig.get_suptitle().startswith("MAE vs supervised\n")
     assert fig.axes[2].get_title().startswith("supervised (supervised ViT)")
 
 
 def test_path_figures_label_line_and_interpolation():
-    fig = figures.make_path_figure(line(accuracy=False), FAST)
+    fig = figures_surfaces.make_path_figure(line(accuracy=False), FAST)
     assert fig.get_suptitle().startswith("vit_tiny_mae: mae pretext loss along direction x\n")
-    assert fig.axes[0].get_xlabel() == figures.ALPHA_LABEL and len(fig.axes) == 1
-    fig = figures.make_path_figure(interpolation(), FAST)
+    assert fig.axes[0].get_xlabel() == figures_surfaces.ALPHA_LABEL and len(fig.axes) == 1
+    fig = figures_surfaces.make_path_figure(interpolation(), FAST)
     assert fig.get_suptitle().startswith("mae_to_rcmae: pretext loss from mae to rcmae")
     assert fig.axes[0].get_xlabel().startswith("t (0: start, 1: end)")
     x, y = fig.axes[0].lines[0].get_data()
@@ -239,22 +295,22 @@ def test_path_figures_label_line_and_interpolation():
 
 
 def test_labels_of_directions_and_missing_attributes():
-    assert figures.directions_label(surface(perturb_1d=1)) == "filter-norm, weights +1-D"
-    assert figures.directions_label(surface(perturb_1d="true", perturb_frozen=1, normalization="layer")) == \
+    assert figures_surfaces.directions_label(surface(perturb_1d=1)) == "filter-norm, weights +1-D"
+    assert figures_surfaces.directions_label(surface(perturb_1d="true", perturb_frozen=1, normalization="layer")) == \
         "layer-norm, weights +1-D +frozen"
     bare = surface()
     bare.attrs = {}
-    assert figures.describe(bare) == {
+    assert figures_surfaces.describe(bare) == {
         "model": "?", "loss": "? ? loss", "grid": "9×7 grid, α∈[-1, 1], β∈[-0.5, 1]",
         "samples": "? eval samples", "directions": "?-norm, weights +1-D? +frozen?",
     }
-    figures.make_slices_figure(bare, FAST)
+    figures_surfaces.make_slices_figure(bare, FAST)
 
 
 def test_settings_take_figure_keys_of_the_config_section_over_defaults():
     section = {"dpi": 72, "zmax": None, "compare": [{"name": "a", "surfaces": ["m/pretext", "n/pretext"]}]}
-    assert figures.resolve_settings(section) == {**figures.DEFAULTS, "dpi": 72}
-    assert figures.resolve_settings(None) == figures.DEFAULTS
+    assert figures_surfaces.resolve_settings(section) == {**figures_surfaces.DEFAULTS, "dpi": 72}
+    assert figures_surfaces.resolve_settings(None) == figures_surfaces.DEFAULTS
 
 
 def test_basin_area_fraction_matches_hand_count():
@@ -262,23 +318,23 @@ def test_basin_area_fraction_matches_hand_count():
     ds = xr.Dataset({"loss": (("alpha", "beta"), 2 + a**2 + b**2)}, coords={"alpha": ALPHA, "beta": BETA})
     # a^2 + b^2 <= 0.3: alpha 0 with |beta| <= 0.5 (5), alpha +-0.25 with |beta| <= 0.25 (2 x 3),
     # alpha +-0.5 with beta 0 (2): 13 of 63 points.
-    assert figures.basin_area_fraction(ds, 0.3) == pytest.approx(13 / 63)
+    assert figures_surfaces.basin_area_fraction(ds, 0.3) == pytest.approx(13 / 63)
     ds["loss"][5, 2] = np.nan  # alpha 0.25, beta 0: inside, but NaN counts as outside
     ds["loss"][0, 6] = -np.inf
-    assert figures.basin_area_fraction(ds, 0.3) == pytest.approx(12 / 63)
+    assert figures_surfaces.basin_area_fraction(ds, 0.3) == pytest.approx(12 / 63)
     ds["loss"][4, 2] = np.inf
     with pytest.raises(ValueError, match="centre"):
-        figures.basin_area_fraction(ds, 0.3)
+        figures_surfaces.basin_area_fraction(ds, 0.3)
 
 
 def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
     entries = [("wide", surface()), ("sharp", surface(scale=3.0))]
-    fig = figures.make_basin_figure(entries, {**FAST, "basin_delta": 0.5})
+    fig = figures_surfaces.make_basin_figure(entries, {**FAST, "basin_delta": 0.5})
     ax = fig.axes[0]
     levels = [list(c.levels) for c in ax.collections]
-    assert levels == [[figures.centre_loss(ds) + 0.5] for _, ds in entries]
+    assert levels == [[figures_surfaces.centre_loss(ds) + 0.5] for _, ds in entries]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    fractions = [figures.basin_area_fraction(ds, 0.5) for _, ds in entries]
+    fractions = [figures_surfaces.basin_area_fraction(ds, 0.5) for _, ds in entries]
     assert labels == [f"wide: {fractions[0]:.1%} of grid", f"sharp: {fractions[1]:.1%} of grid"]
     assert fractions[0] > fractions[1] > 0
 
@@ -286,13 +342,13 @@ def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
 def test_basin_overlay_refuses_entries_on_other_axes():
     other = surface().assign_coords(beta=BETA * 2)
     with pytest.raises(ValueError, match="'wide'"):
-        figures.make_basin_figure([("MAE", surface()), ("same", surface()), ("wide", other)], FAST)
+        figures_surfaces.make_basin_figure([("MAE", surface()), ("same", surface()), ("wide", other)], FAST)
 
 
 def test_centre_is_the_grid_point_nearest_zero():
     ds = surface().assign_coords(alpha=ALPHA + 0.1, beta=BETA - 0.05)
-    assert figures.centre_index(ds) == (4, 2)
-    assert figures.centre_loss(ds) == ds.loss.values[4, 2]
+    assert figures_surfaces.centre_index(ds) == (4, 2)
+    assert figures_surfaces.centre_loss(ds) == ds.loss.values[4, 2]
 
 
 def test_html_is_offline_and_carries_the_data(tmp_path):
@@ -341,7 +397,7 @@ def test_text_overlaps_reports_tick_labels_that_run_together():
 def test_smoothed_density_integrates_to_one_around_the_quadrature_mean():
     weights = np.arange(1, EIGENVALUES.size + 1) / np.arange(1, EIGENVALUES.size + 1).sum()
     grid = np.linspace(-2, 7, 20001)
-    density = figures.smoothed_density(EIGENVALUES, weights, grid, width=0.05)
+    density = figures_surfaces.smoothed_density(EIGENVALUES, weights, grid, width=0.05)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
     mean = np.trapezoid(grid * density, grid)
     assert mean == pytest.approx(weights @ EIGENVALUES, rel=1e-6)
@@ -351,7 +407,7 @@ def test_smoothed_density_integrates_to_one_around_the_quadrature_mean():
 
 def test_spectrum_has_a_panel_per_entry_marking_the_extreme_eigenvalues():
     entries = spectra()
-    fig = figures.make_spectrum_figure(entries, FAST)
+    fig = figures_surfaces.make_spectrum_figure(entries, FAST)
     assert len(fig.axes) == len(entries)
     assert fig.get_suptitle().startswith("Hessian eigenvalue spectral density (stochastic Lanczos quadrature)\n")
     assert "SLQ: 2 runs × 20 Lanczos steps" in fig.get_suptitle() and "eval samples" not in fig.get_suptitle()
@@ -365,7 +421,7 @@ def test_spectrum_has_a_panel_per_entry_marking_the_extreme_eigenvalues():
         assert (x[0], x[-1]) == (lo, hi) and lo < min(h["density"]["nodes"]) and hi > max(h["density"]["nodes"])
         assert np.all(y > 0) and np.all(np.isfinite(y))
         title = ax.get_title()
-        method = figures.METHOD_NAMES[h["method"]]
+        method = figures_surfaces.METHOD_NAMES[h["method"]]
         for expected in [label, method, h["model"], f"{h['objective']} loss", f"{h['eval_samples']} eval samples",
                          f"λ_max {h['top_eigenvalues'][0]:.3g}", f"λ_min {h['min_eigenvalue']:.3g}",
                          f"|λ_min/λ_max| {h['ratio_min_max']:.3g}", f"tr H {h['trace']['value']:.3g} ± 0.4",
@@ -375,12 +431,12 @@ def test_spectrum_has_a_panel_per_entry_marking_the_extreme_eigenvalues():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
         "SLQ density, Gaussian-smoothed", "top eigenvalues (Lanczos)", "λ_min (Lanczos)"]
     with pytest.raises(ValueError, match="at least one entry"):
-        figures.make_spectrum_figure([], FAST)
+        figures_surfaces.make_spectrum_figure([], FAST)
 
 
 def test_spectrum_density_peaks_at_the_eigenvalues():
     separated = np.array([-0.3, 0.5, 2.0, 3.2, 5.1])
-    fig = figures.make_spectrum_figure([("mae/pretext", hessian(separated))], FAST)
+    fig = figures_surfaces.make_spectrum_figure([("mae/pretext", hessian(separated))], FAST)
     x, y = fig.axes[0].lines[0].get_data()
     peaks = x[1:-1][(y[1:-1] > y[:-2]) & (y[1:-1] > y[2:])]
     np.testing.assert_allclose(peaks, separated, atol=2 * (x[1] - x[0]))
@@ -392,18 +448,18 @@ def test_spectrum_figure_reads_hessian_files(tmp_path, capsys):
         files.append(tmp_path / f"{label.replace('/', '_')}.json")
         files[-1].write_text(json.dumps(h))
     settings = {**FAST, "formats": ["png", "svg"]}
-    paths = plots.spectrum_figure(settings, files, ["mae/pretext", "sup/supervised"], tmp_path / "out" / "all")
+    paths = stages.spectrum_figure(settings, files, ["mae/pretext", "sup/supervised"], tmp_path / "out" / "all")
     assert paths == [tmp_path / "out" / "all_spectrum.png", tmp_path / "out" / "all_spectrum.svg"]
     assert capsys.readouterr().out.split() == [str(p) for p in paths]
     assert "sup/supervised" in paths[1].read_text()
     with pytest.raises(ValueError, match="2 Hessian files but 1 labels"):
-        plots.spectrum_figure(settings, files, ["mae/pretext"], tmp_path / "bad")
+        stages.spectrum_figure(settings, files, ["mae/pretext"], tmp_path / "bad")
 
 
 def test_ratio_map_cells_show_the_values_at_their_points():
     """One cell per grid point (alpha along x), coloured and labelled by its ratio."""
     ds = ratio_map()
-    fig = figures.make_ratio_map_figure(ds, FAST)
+    fig = figures_surfaces.make_ratio_map_figure(ds, FAST)
     ax = fig.axes[0]
     mesh = ax.collections[0]
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(ds.beta.size, ds.alpha.size),

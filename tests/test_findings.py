@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from vitlandscape import findings
+from vitlandscape.metrics import findings
 
 
 def metrics(model="mae", objective="pretext", eigenvalues=(3.2, 5.1, 2.0), trace=40.0, trace_stderr=2.0,

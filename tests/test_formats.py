@@ -14,10 +14,15 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape import accuracy, checkpoints, configcheck, data, formats, objectives, stages
-from vitlandscape.checkpoints import CheckpointError
+from vitlandscape import configcheck
+from vitlandscape.data import prepare
+from vitlandscape.landscape import objectives
+from vitlandscape.metrics import accuracy
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import encoder_state
+from vitlandscape.storage import checkpoints, formats
+from vitlandscape.storage.checkpoints import CheckpointError
+from vitlandscape.train import stages
 from conftest import TINY_ARCH, model_settings, validated
 
 CLASSES = 5
@@ -110,8 +115,8 @@ def test_encoder_only_mae_is_refused_for_pretext_and_serves_probing(tmp_path, np
                                               r"loss needs the decoder\. Use mae_visualize_vit_\{base,large,huge\}"):
         objectives.load("pretext", path, model_settings())
     data_file = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
-                         "seed": 0, "test_fraction": 0.25}, data_file)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+                          "seed": 0, "test_fraction": 0.25}, data_file)
     cfg = model_settings()
     cfg["probe"].update(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, warmup_epochs=0)
     metrics = stages.downstream(cfg, "probe", data_file, path, tmp_path / "probe.pt", tmp_path / "probe.json")
@@ -125,8 +130,8 @@ def test_finetune_recipe_writes_the_official_layout(tmp_path, npz_dataset):
     """Fine-tuning with global_pool writes what the released fine-tuned checkpoints hold:
     `fc_norm` instead of `norm`, a trained position embedding started from sin-cos."""
     data_file = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
-                         "seed": 0, "test_fraction": 0.25}, data_file)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+                          "seed": 0, "test_fraction": 0.25}, data_file)
     mae = build_mae(TINY_ARCH).state_dict()
     torch.save({"model": mae}, tmp_path / "mae.pth")
     cfg = model_settings()
@@ -273,8 +278,8 @@ def test_config_check_refuses_a_probe_checkpoint_of_the_wrong_kind(tmp_path, def
 
 def test_a_given_checkpoint_is_evaluated_for_the_accuracy_table(tmp_path, npz_dataset):
     data_file = tmp_path / "data.pt"
-    data.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
-                         "seed": 0, "test_fraction": 0.25}, data_file)
+    prepare.prepare_data({"dataset": "npz", "path": str(npz_dataset), "image_size": 16, "eval_samples": 8,
+                          "seed": 0, "test_fraction": 0.25}, data_file)
     source = linprobe_vit(classes=3).eval()
     torch.save({"model": source.state_dict()}, tmp_path / "linprobe.pth")
     metrics = stages.evaluate(model_settings(), "probe", data_file, tmp_path / "linprobe.pth", tmp_path / "p.json")

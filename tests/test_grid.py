@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vitlandscape import grid
+from vitlandscape.landscape import grid
 
 SPECS = [([-1, 1, 5], [-0.5, 1, 7], [2, 3]), ([-1, 1, 21], [-1, 1, 21], [11, 11]),
          ([0, 1, 4], [0, 1, 1], [4, 1]), ([0, 1, 3], [0, 2, 9], [1, 1]), ([0, 1, 6], [0, 1, 6], [7, 2])]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitlandscape import grid, surface
+from vitlandscape.landscape import grid, surface
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None)
 

@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitlandscape import figures, hessian, objectives
-from vitlandscape.masking import eval_noise
+from vitlandscape.figures import surfaces
+from vitlandscape.landscape import objectives
+from vitlandscape.metrics import hessian
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.masking import eval_noise
 
 MICRO = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2,
          "decoder_embed_dim": 8, "decoder_depth": 1, "decoder_num_heads": 2}
@@ -116,14 +118,15 @@ def test_trace_and_density(case):
         expected = np.mean([z @ power @ z for z in starts]) / op.size
         assert (weights * nodes ** p).sum() == pytest.approx(expected, rel=1e-6)
     grid = np.linspace(nodes.min() - 1, nodes.max() + 1, 4001)
-    smooth = figures.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
+    smooth = surfaces.smoothed_density(nodes, weights, grid, width=0.05 * (nodes.max() - nodes.min()))
     assert np.trapezoid(smooth, grid) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_gaussian_flatness_against_moved_weights_by_hand():
     """Each sample's rise equals the loss at theta + sigma * x-direction of seed + s, computed
     here from the saved weights with functional_call; the weights are restored afterwards."""
-    from vitlandscape import directions, flatness
+    from vitlandscape.landscape import directions
+    from vitlandscape.metrics import flatness
     objective = micro_objective("probe")
     model = objective.model
     theta = {k: v.clone() for k, v in model.state_dict().items()}

@@ -7,9 +7,11 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import data, directions, grid, landscape, stages, tiles
-from vitlandscape.outputs import sha256
+from vitlandscape.data import prepare
+from vitlandscape.landscape import directions, grid, stages as landscape_stages, tiles
 from vitlandscape.models.arch import build_mae
+from vitlandscape.storage.outputs import sha256
+from vitlandscape.train import stages as train_stages
 from conftest import model_settings
 import reference
 
@@ -24,13 +26,13 @@ def setup(tmp_path_factory):
     labels = np.arange(60) % 3
     images = rng.integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
     np.savez(root / "data.npz", images=images, labels=labels)
-    data.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
-                         "eval_samples": 24, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16,
+                          "eval_samples": 24, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
     torch.manual_seed(0)
     cfg = model_settings("mae")
     mae = build_mae(cfg["arch"])
     torch.save({"model": mae.state_dict(), "args": argparse.Namespace(norm_pix_loss=False)}, root / "mae.pth")
-    stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
+    train_stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
     return root, cfg
 
 
@@ -49,18 +51,18 @@ def compute_surface(root, s, name):
     """Directions, every tile, assembly: the workflow's stages, called in-process."""
     ckpt = checkpoint_for(root, s["objective"])
     dirs = root / f"{name}.safetensors"
-    landscape.make_directions(s, ckpt, dirs)
+    landscape_stages.make_directions(s, ckpt, dirs)
     ls = s["landscape"]
     tile_files = []
     for tile in grid.tile_names(ls["alpha"], ls["beta"], ls["tile"]):
         tile_files.append(root / name / f"{tile}.nc")
-        landscape.surface_tile(s, root / "data.pt", ckpt, dirs, tile, tile_files[-1])
+        landscape_stages.surface_tile(s, root / "data.pt", ckpt, dirs, tile, tile_files[-1])
     tiles.assemble(s, tile_files, ckpt, dirs, root / f"{name}.zarr")
     return xr.open_zarr(root / f"{name}.zarr"), dirs, tile_files
 
 
 def eval_set(root):
-    prepared = data.load_prepared(root / "data.pt")
+    prepared = prepare.load_prepared(root / "data.pt")
     index = prepared["eval_index"]
     return prepared["train_images"][index], prepared["train_labels"][index]
 
@@ -167,8 +169,8 @@ def test_assembly_refuses_mixed_provenance(setup):
     surf, dirs, tile_files = compute_surface(root, s, "mixed")
     other = settings(cfg, "pretext", tile=[3, 4], direction_seed=9)
     other_dirs = root / "other.safetensors"
-    landscape.make_directions(other, root / "mae.pth", other_dirs)
-    landscape.surface_tile(other, root / "data.pt", root / "mae.pth", other_dirs, "a1_b0", tile_files[2])
+    landscape_stages.make_directions(other, root / "mae.pth", other_dirs)
+    landscape_stages.surface_tile(other, root / "data.pt", root / "mae.pth", other_dirs, "a1_b0", tile_files[2])
     with pytest.raises(ValueError, match=r"tile .*a1_b0.nc was computed with directions_sha256"):
         tiles.assemble(s, tile_files, root / "mae.pth", dirs, root / "mixed2.zarr")
     assert not (root / "mixed2.zarr").exists()
@@ -183,9 +185,9 @@ def test_directions_for_another_checkpoint_are_refused(setup):
     root, cfg = setup
     s = settings(cfg, "pretext")
     dirs = root / "for_probe.safetensors"
-    landscape.make_directions(settings(cfg, "probe"), root / "probe.pt", dirs)
+    landscape_stages.make_directions(settings(cfg, "probe"), root / "probe.pt", dirs)
     with pytest.raises(ValueError, match="were made for checkpoint sha256"):
-        landscape.surface_tile(s, root / "data.pt", root / "mae.pth", dirs, "a0_b0", root / "x.nc")
+        landscape_stages.surface_tile(s, root / "data.pt", root / "mae.pth", dirs, "a0_b0", root / "x.nc")
 
 
 def test_diverged_points_are_kept_as_data(setup):
@@ -200,7 +202,7 @@ def test_line_and_interpolation(setup):
     root, cfg = setup
     s = settings(cfg, "pretext", alpha=[-1.0, 1.0, 5], beta=[0.0, 0.0, 1], tile=[5, 1])
     surf, dirs, _ = compute_surface(root, s, "for_line")
-    line = landscape.line(s, root / "data.pt", root / "mae.pth", dirs, root / "line.nc")
+    line = landscape_stages.line(s, root / "data.pt", root / "mae.pth", dirs, root / "line.nc")
     np.testing.assert_allclose(line.loss.values, surf.loss.values[:, 0], rtol=1e-6)
     saved = xr.open_dataset(root / "line.nc", engine="scipy")
     assert list(saved.data_vars) == ["loss"] and saved.loss.dims == ("alpha",)
@@ -214,7 +216,7 @@ def test_line_and_interpolation(setup):
     torch.manual_seed(5)
     torch.save({"model": build_mae(cfg["arch"]).state_dict()}, root / "other.pth")
     spec = {**settings(cfg, "pretext"), "interpolation": "a_to_b", "end_model": "b", "range": [0.0, 1.0, 3]}
-    path = landscape.interpolate(spec, root / "data.pt", root / "mae.pth", root / "other.pth", root / "i.nc")
+    path = landscape_stages.interpolate(spec, root / "data.pt", root / "mae.pth", root / "other.pth", root / "i.nc")
     saved = xr.open_dataset(root / "i.nc", engine="scipy")
     assert list(saved.data_vars) == ["loss"] and saved.loss.dims == ("t",)
     np.testing.assert_array_equal(saved.t.values, [0.0, 0.5, 1.0])
@@ -280,7 +282,7 @@ def test_probe_line_has_accuracy(setup, capsys):
     root, cfg = setup
     s = settings(cfg, "probe", alpha=[-1.0, 1.0, 3], beta=[0.0, 0.0, 1], tile=[3, 1], line=[-1.0, 1.0, 3])
     surf, dirs, _ = compute_surface(root, s, "probe_line")
-    line = landscape.line(s, root / "data.pt", root / "probe.pt", dirs, root / "probe_line.nc")
+    line = landscape_stages.line(s, root / "data.pt", root / "probe.pt", dirs, root / "probe_line.nc")
     saved = xr.open_dataset(root / "probe_line.nc", engine="scipy")
     assert set(saved.data_vars) == {"loss", "accuracy"}
     np.testing.assert_array_equal(saved.accuracy.values, surf.accuracy.values[:, 0])
@@ -317,7 +319,7 @@ def test_assembly_log_reports_the_centre_of_a_grid_without_zero(setup, capsys):
 def test_direction_settings_reach_the_direction_file(setup, option, expect):
     root, cfg = setup
     s = settings(cfg, "pretext", **{option: True})
-    landscape.make_directions(s, root / "mae.pth", root / f"{option}.safetensors")
+    landscape_stages.make_directions(s, root / "mae.pth", root / f"{option}.safetensors")
     dirs, meta = directions.load(root / f"{option}.safetensors")
     assert expect in dirs["x"] and expect in dirs["y"]
     default, _ = directions.load(compute_surface(root, settings(cfg, "pretext"), f"no_{option}")[1])
@@ -328,7 +330,7 @@ def test_direction_settings_reach_the_direction_file(setup, option, expect):
 def test_direction_file_records_its_settings_and_log_line(setup, capsys):
     root, cfg = setup
     s = settings(cfg, "pretext", orthogonal=True, normalization="layer", direction_seed=7)
-    landscape.make_directions(s, root / "mae.pth", root / "orth.safetensors")
+    landscape_stages.make_directions(s, root / "mae.pth", root / "orth.safetensors")
     dirs, meta = directions.load(root / "orth.safetensors")
     assert meta == {"model": "m", "objective": "pretext", "checkpoint_sha256": sha256(root / "mae.pth"),
                     "seed": "7", "normalization": "layer", "perturb_1d": "False", "perturb_frozen": "False",

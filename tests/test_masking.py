@@ -1,8 +1,8 @@
 """Masks: the official rule, and evaluation masks fixed per image."""
 import torch
 
-from vitlandscape.masking import eval_noise, num_kept, random_masking
 from vitlandscape.models.arch import build_mae
+from vitlandscape.models.masking import eval_noise, num_kept, random_masking
 from conftest import TINY_ARCH
 from reference import kept_patches
 

@@ -11,7 +11,8 @@ import xarray as xr
 
 import reference
 from conftest import model_settings
-from vitlandscape import curvature, data, metrics
+from vitlandscape.data import prepare
+from vitlandscape.metrics import stages as metrics_stages, tables
 from vitlandscape.models.arch import build_mae
 
 MICRO = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2,
@@ -27,8 +28,8 @@ def micro(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.savez(root / "data.npz", images=rng.integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8),
              labels=np.arange(20) % 2)
-    data.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 8, "eval_samples": 6,
-                         "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 8, "eval_samples": 6,
+                          "seed": 0, "test_fraction": 0.25}, root / "data.pt")
     torch.manual_seed(0)
     torch.save({"model": build_mae(MICRO).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},
                root / "mae.pth")
@@ -60,7 +61,7 @@ def reference_hessian(root, settings, checkpoint=None):
 
 def test_hessian_stage_matches_the_dense_reference_hessian(micro, tmp_path):
     root, settings = micro
-    found = curvature.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "hessian.json")
+    found = metrics_stages.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "hessian.json")
     written = json.loads((tmp_path / "hessian.json").read_text())
     centre, dense = reference_hessian(root, settings)
     exact = np.linalg.eigvalsh(dense)
@@ -79,7 +80,7 @@ def test_hessian_stage_matches_the_dense_reference_hessian(micro, tmp_path):
     products = written["lanczos"]["products"] + trace["products"] + density["products"]
     assert written["products"] == products == written["lanczos"]["steps"] + 3 + 40 + 2 * 12
     assert written["checkpoint_format"] == "mae_pretrain" and written["eval_samples"] == 6
-    again = curvature.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "again.json")
+    again = metrics_stages.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "again.json")
     assert again["top_eigenvalues"] == written["top_eigenvalues"] and again["trace"]["value"] == trace["value"]
 
 
@@ -104,7 +105,7 @@ def test_tables_from_surfaces(tmp_path):
         paths.append(tmp_path / f"{model}.zarr")
         surface(model, objective, lambda a, b, c=c: 1 + c * (a ** 2 + b ** 2),
                 "supervised" if model == "steep" else "mae").to_zarr(paths[-1])
-    metrics.tables(METRICS, paths, [], [], tmp_path / "metrics")
+    tables.tables(METRICS, paths, [], [], tmp_path / "metrics")
     flat = json.loads((tmp_path / "metrics/flat/pretext.json").read_text())
     assert flat["hessian"] is None and flat["flatness"] is None and flat["centre_loss"] == 1.0
     assert flat["surface"]["relative_basins"][0]["mean_radius"] == pytest.approx(np.sqrt(0.5), rel=0.03)
@@ -115,22 +116,22 @@ def test_tables_from_surfaces(tmp_path):
     assert found.loc["basin_radius_r0.5", "verdict"] == "holds"
     assert found.loc["convex_area", "verdict"] == "undecided"
     with pytest.raises(ValueError, match="2 surfaces but 1 hessian files"):
-        metrics.tables(METRICS, paths, [tmp_path / "x.json"], [], tmp_path / "metrics")
+        tables.tables(METRICS, paths, [tmp_path / "x.json"], [], tmp_path / "metrics")
 
 
 def test_ratio_map_measures_the_hessian_at_the_moved_weights(micro, tmp_path):
     """At theta + 0.5 dx the map's lambda_max, lambda_min and ratio are those of the dense
     reference Hessian of the weights moved there by hand."""
-    from vitlandscape import directions, landscape
+    from vitlandscape.landscape import directions, stages as landscape_stages
     root, settings = micro
     ls = {**settings["landscape"], "direction_seed": 0, "normalization": "filter", "perturb_1d": False,
           "perturb_frozen": False, "orthogonal": False}
     moved_settings = {**settings, "landscape": ls, "metrics": {
         "hessian": HESSIAN, "ratio_map": {"alpha": [0.5, 0.5, 1], "beta": [0.0, 0.0, 1], "lanczos_steps": 80,
                                           "tolerance": None}}}
-    landscape.make_directions(moved_settings, root / "mae.pth", tmp_path / "dirs.safetensors")
-    found = curvature.ratio_map(moved_settings, root / "data.pt", root / "mae.pth", tmp_path / "dirs.safetensors",
-                                tmp_path / "map.nc")
+    landscape_stages.make_directions(moved_settings, root / "mae.pth", tmp_path / "dirs.safetensors")
+    found = metrics_stages.ratio_map(moved_settings, root / "data.pt", root / "mae.pth", tmp_path / "dirs.safetensors",
+                                     tmp_path / "map.nc")
     dirs, _ = directions.load(tmp_path / "dirs.safetensors")
     state = torch.load(root / "mae.pth", weights_only=False)["model"]
     torch.save({"model": reference.moved(state, dirs, 0.5, 0.0), "args": argparse.Namespace(norm_pix_loss=False)},

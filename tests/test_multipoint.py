@@ -10,10 +10,10 @@ import torch
 
 import reference
 from conftest import ROOT, TINY_ARCH
-from vitlandscape import directions, objectives, surface
-from vitlandscape.masking import eval_noise
+from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.masking import eval_noise
 
 _spec = importlib.util.spec_from_file_location("multipoint_bench", ROOT / "workflow/scripts/multipoint_bench.py")
 multipoint = importlib.util.module_from_spec(_spec)

@@ -9,8 +9,10 @@ import pyvista as pv
 import torch
 import xarray as xr
 
-from vitlandscape import basins, figures, flatness, grid, interactive, metrics, plots, tiles
-from vitlandscape.outputs import sha256, write_netcdf
+from vitlandscape.figures import interactive, stages as figures_stages, surfaces
+from vitlandscape.landscape import grid, tiles
+from vitlandscape.metrics import basins, flatness, tables
+from vitlandscape.storage.outputs import sha256, write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 11], [-1.0, 1.0, 11], [4, 4]
 SETTINGS = {"name": "m", "method": "supervised", "objective": "supervised",
@@ -92,10 +94,10 @@ def test_a_tile_warns_and_a_clean_one_does_not(capsys):
 
 
 def test_line_file_counts_its_nonfinite_points(tmp_path, capsys):
-    from vitlandscape import landscape  # imports torch and timm: only here
+    from vitlandscape.landscape import stages as landscape_stages  # imports torch and timm: only here
     t = np.linspace(-1, 1, 5)
-    ds = landscape._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
-                               {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
+    ds = landscape_stages._write_path(np.array([1.0, 0.5, 0.25, np.nan, np.inf]), np.full(5, np.nan), t, "alpha",
+                                      {"model": "m", "objective": "pretext"}, tmp_path / "line.nc")
     log = capsys.readouterr().out
     with xr.open_dataset(tmp_path / "line.nc", engine="scipy") as read:
         assert int(read.attrs["nonfinite_points"]) == 2 and np.isposinf(read.loss.values[-1])
@@ -109,23 +111,23 @@ def test_line_file_counts_its_nonfinite_points(tmp_path, capsys):
 
 
 def test_values_drawn_have_gaps_at_nonfinite_points_and_a_finite_colour_scale(assembled):
-    ds = plots.open_surface(assembled[0])
+    ds = figures_stages.open_surface(assembled[0])
     for settings in ({}, {"log_scale": True}, {"zmax": 1.5}):
-        s = figures.resolve_settings(settings)
-        _, _, Z = figures.plot_grid(ds)
-        shown = figures.display_values(Z, s)
+        s = surfaces.resolve_settings(settings)
+        _, _, Z = surfaces.plot_grid(ds)
+        shown = surfaces.display_values(Z, s)
         gaps = ~np.isfinite(shown)
         # Z[j, i] = loss[i, j]: the NaN at (0, 10) and the inf at (10, 10), (10, 0)
         assert gaps[10, 0] and gaps[10, 10] and gaps[0, 10] and gaps.sum() == 3
-        lo, hi = figures.colour_scale([shown], s).limits
+        lo, hi = surfaces.colour_scale([shown], s).limits
         assert math.isfinite(lo) and math.isfinite(hi)
-    accuracy = figures.accuracy_percent(figures.plot_grid(ds, "accuracy")[2], Z)
+    accuracy = surfaces.accuracy_percent(surfaces.plot_grid(ds, "accuracy")[2], Z)
     assert np.isnan(accuracy[10, 0]) and np.isnan(accuracy[0, 10]) and np.isfinite(accuracy).sum() == 118
 
 
 def test_every_figure_kind_draws_with_gaps(assembled, tmp_path):
-    ds = plots.open_surface(assembled[0])
-    contour = figures.make_contour_figure(ds, FAST)
+    ds = figures_stages.open_surface(assembled[0])
+    contour = surfaces.make_contour_figure(ds, FAST)
     filled = contour.axes[0].collections[0]
     paths = filled.get_paths()
     # the filled contours cover the cells between finite points, not the part next to a non-finite one
@@ -134,22 +136,23 @@ def test_every_figure_kind_draws_with_gaps(assembled, tmp_path):
         assert not any(p.contains_point(cell) for p in paths)
     crossed = ds.copy(deep=True)
     crossed["loss"][0, 5] = np.inf  # on the slice along alpha at beta = 0
-    slices = figures.make_slices_figure(crossed, FAST)
+    slices = surfaces.make_slices_figure(crossed, FAST)
     assert np.isnan(slices.axes[0].lines[0].get_ydata()[0]) and np.isnan(slices.axes[2].lines[0].get_ydata()[0])
-    along = figures.make_path_figure(ds.isel(beta=10).drop_vars("beta"), FAST)
+    along = surfaces.make_path_figure(ds.isel(beta=10).drop_vars("beta"), FAST)
     loss_line, accuracy_line = along.axes[0].lines[0], along.axes[1].lines[0]
     assert np.isnan(loss_line.get_ydata()[[0, 10]]).all() and np.isfinite(loss_line.get_ydata()[1:10]).all()
     assert np.isnan(accuracy_line.get_ydata()[[0, 10]]).all()
-    figures.make_surface_figure(ds, FAST)
-    figures.make_accuracy_figure(ds, FAST)
-    figures.make_comparison_figure([("a", ds), ("b", ds)], FAST)
-    figures.make_basin_figure([("a", ds)], {**FAST, "basin_delta": 0.5})
-    written = plots.surface_figures(FAST, assembled[0], tmp_path / "fig/m", tmp_path / "m.html", tmp_path / "m.vts")
+    surfaces.make_surface_figure(ds, FAST)
+    surfaces.make_accuracy_figure(ds, FAST)
+    surfaces.make_comparison_figure([("a", ds), ("b", ds)], FAST)
+    surfaces.make_basin_figure([("a", ds)], {**FAST, "basin_delta": 0.5})
+    written = figures_stages.surface_figures(FAST, assembled[0], tmp_path / "fig/m", tmp_path / "m.html",
+                                             tmp_path / "m.vts")
     assert all(path.stat().st_size > 0 for path in written)
 
 
 def test_interactive_views_leave_nonfinite_points_out(assembled, tmp_path):
-    ds = plots.open_surface(assembled[0])
+    ds = figures_stages.open_surface(assembled[0])
     trace = interactive.make_plotly_figure(ds).data[0]
     assert trace.z[10][0] is None and trace.z[10][10] is None and trace.z[0][10] is None
     assert sum(v is None for row in trace.z for v in row) == 3
@@ -223,7 +226,7 @@ def test_bilinear_ignores_corners_of_weight_zero():
 
 def test_metrics_file_of_a_surface_with_nonfinite_points(assembled, tmp_path):
     cfg = {"relative_rises": [0.5], "absolute_rises": [0.25], "sharpness_rho": [0.5], "claims": []}
-    metrics.tables(cfg, [assembled[0]], [], [], tmp_path / "metrics")
+    tables.tables(cfg, [assembled[0]], [], [], tmp_path / "metrics")
     found = json.loads((tmp_path / "metrics/m/supervised.json").read_text())["surface"]
     assert found["nonfinite_points"] == 3 and found["centre_loss"] == 1.0
     assert found["sharpness"][0]["nonfinite_samples"] == 0 and math.isfinite(found["sharpness"][0]["mean_rise"])
@@ -241,7 +244,7 @@ def test_a_centre_without_a_finite_loss_is_an_error_naming_the_surface(tmp_path)
     cfg = {"relative_rises": [0.5], "absolute_rises": [0.25], "sharpness_rho": [0.5], "claims": []}
     with pytest.raises(ValueError, match=r"surface .*s\.zarr \(m/pretext\): the loss at the centre "
                                          r"\(alpha 0, beta 0\) is nan"):
-        metrics.tables(cfg, [tmp_path / "s.zarr"], [], [], tmp_path / "metrics")
+        tables.tables(cfg, [tmp_path / "s.zarr"], [], [], tmp_path / "metrics")
     for measure in (lambda: basins.absolute_basins(loss, axis, axis, [0.1]),
                     lambda: basins.convex_region(loss, axis, axis),
                     lambda: basins.sharpness(loss, axis, axis, 0.5)):

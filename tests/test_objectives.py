@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import objectives
-from vitlandscape.masking import eval_noise
+from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.models.masking import eval_noise
 from conftest import TINY_ARCH, model_settings
 import reference
 
@@ -103,12 +103,12 @@ def test_zero_prediction_loss_by_hand(tmp_path, prepared, norm_pix):
 
 
 def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, capsys):
-    from vitlandscape import landscape
+    from vitlandscape.landscape import stages
     model = build_mae(TINY_ARCH, norm_pix_loss=True).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
     cfg = {**model_settings(norm_pix_loss=True), "name": "mae"}
     objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 8, 0, torch.device("cpu"))
-    found = landscape.pretext_sanity(objective.evaluate()[0], objective, cfg)
+    found = stages.pretext_sanity(objective.evaluate()[0], objective, cfg)
     assert found["centre_loss"] >= 0.8 * found["zero_prediction_loss"]  # random init: no better than zeros
     assert "WARNING: models.mae: the pretext loss of the trained model" in capsys.readouterr().out
 
@@ -117,12 +117,12 @@ def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, cap
 def test_a_streamed_subset_stays_uint8_and_gives_the_same_losses(tmp_path, objective):
     """Streamed (uint8) evaluation images are normalised batch by batch on the device, and
     pretext targets recomputed per batch: the same numbers as the float subset, bit for bit."""
-    from vitlandscape import data
+    from vitlandscape.data import prepare
     torch.manual_seed(5)
     pixels = torch.randint(0, 256, (N, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(N) % 3
     streamed = {"streaming": True, "eval_images": pixels, "eval_labels": labels}
-    in_memory = {"train_images": data.normalise(pixels), "train_labels": labels, "eval_index": torch.arange(N)}
+    in_memory = {"train_images": prepare.normalise(pixels), "train_labels": labels, "eval_index": torch.arange(N)}
     if objective == "pretext":
         torch.save({"model": build_mae(TINY_ARCH, norm_pix_loss=True).state_dict()}, tmp_path / "m.pth")
     else:

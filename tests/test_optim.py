@@ -6,7 +6,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitlandscape.models.arch import build_mae
-from vitlandscape.optim import Lars, make_optimizer, param_groups
+from vitlandscape.train.optim import Lars, make_optimizer, param_groups
 from conftest import TINY_ARCH
 
 # ---------------------------------------------------------------- LARS

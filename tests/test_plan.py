@@ -8,7 +8,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitlandscape import data, plan, throughput
+from vitlandscape import plan
+from vitlandscape.data import prepare
+from vitlandscape.landscape import throughput
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from conftest import ROOT, TINY_ARCH, model_settings, validated
@@ -169,7 +171,7 @@ def test_stages_neither_the_accuracy_table_nor_a_landscape_needs_are_not_trained
 def test_digits_training_images_are_those_of_the_split(test_fraction):
     config = tiny_config(m=("mae", {}))
     config["data"]["test_fraction"] = test_fraction
-    assert plan.plan(config)["training"][0]["images"] == len(data.prepare(config["data"])["train_images"])
+    assert plan.plan(config)["training"][0]["images"] == len(prepare.prepare(config["data"])["train_images"])
 
 
 def test_training_images_of_other_data_sets():

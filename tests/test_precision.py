@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, model_settings
-from vitlandscape import devices, train
+from vitlandscape import devices
+from vitlandscape.train import loops
 
 CPU = torch.device("cpu")
 
@@ -34,7 +35,7 @@ def test_bf16_autocast_takes_the_math_attention_below_avx512(monkeypatch, capabi
     assert flash_enabled()
     with devices.bf16_autocast(CPU):
         assert torch.is_autocast_enabled("cpu") and flash_enabled() == fused
-    with train.autocast(CPU, "bf16"), devices.precision("bf16", CPU):
+    with loops.autocast(CPU, "bf16"), devices.precision("bf16", CPU):
         assert flash_enabled() == fused
     assert flash_enabled() and not torch.is_autocast_enabled("cpu")  # restored on exit
 
@@ -69,7 +70,8 @@ def test_math_and_fused_bf16_attention_agree_with_float64():
 
 STEP_UNDER_DEFAULT_KERNELS = """
 import json, sys, torch
-from vitlandscape import devices, stages
+from vitlandscape import devices
+from vitlandscape.train import stages
 settings, data_file, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 with devices.bf16_autocast(torch.device("cpu")):
     fused = torch.backends.cuda.flash_sdp_enabled()

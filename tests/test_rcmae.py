@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import reference
-from vitlandscape import rcmae
 from vitlandscape.models.arch import build_mae
+from vitlandscape.train import rcmae
 from conftest import TINY_ARCH
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import configcheck, optim, recipes, stages, train
-from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape import configcheck
+from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.train import loops, optim, recipes, stages
 from conftest import ROOT, TINY_ARCH, model_settings, validated
 
 
@@ -78,14 +79,14 @@ def test_unknown_recipe_element_is_refused():
 
 def test_schedule_warms_up_from_zero_and_ends_at_min_lr():
     total, warmup, peak, floor = 1000, 100, 2.0, 1e-3
-    assert train.learning_rate(0, total, warmup, peak, floor) == 0.0
-    assert train.learning_rate(25, total, warmup, peak, floor) == pytest.approx(0.5)
-    assert train.learning_rate(100, total, warmup, peak, floor) == pytest.approx(peak)
+    assert loops.learning_rate(0, total, warmup, peak, floor) == 0.0
+    assert loops.learning_rate(25, total, warmup, peak, floor) == pytest.approx(0.5)
+    assert loops.learning_rate(100, total, warmup, peak, floor) == pytest.approx(peak)
     # half-way through the cosine: the mean of peak and floor; a quarter: (1 + cos(pi/4)) / 2 of the way
-    assert train.learning_rate(550, total, warmup, peak, floor) == pytest.approx((peak + floor) / 2)
+    assert loops.learning_rate(550, total, warmup, peak, floor) == pytest.approx((peak + floor) / 2)
     quarter = floor + (peak - floor) * (1 + math.sqrt(0.5)) / 2
-    assert train.learning_rate(325, total, warmup, peak, floor) == pytest.approx(quarter)
-    assert train.learning_rate(total, total, warmup, peak, floor) == pytest.approx(floor)
+    assert loops.learning_rate(325, total, warmup, peak, floor) == pytest.approx(quarter)
+    assert loops.learning_rate(total, total, warmup, peak, floor) == pytest.approx(floor)
 
 
 def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
@@ -94,9 +95,9 @@ def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
     eps = 0.1
     log_p = logits.double() - logits.double().exp().sum(1, keepdim=True).log()
     expected = -((1 - eps) * log_p[torch.arange(6), labels] + eps / 5 * log_p.sum(1)).mean()
-    assert float(train.classification_loss(logits, labels, eps)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loops.classification_loss(logits, labels, eps)) == pytest.approx(float(expected), rel=1e-6)
     soft = torch.softmax(torch.randn(6, 5), 1)
-    assert float(train.classification_loss(logits, soft, eps)) == pytest.approx(
+    assert float(loops.classification_loss(logits, soft, eps)) == pytest.approx(
         float(-(soft.double() * log_p).sum(1).mean()), rel=1e-6)  # soft targets carry their smoothing
 
 
@@ -162,7 +163,7 @@ def test_fit_scales_each_group_lr():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hp = {**recipes.resolve(model_settings("mae"), "finetune"), "epochs": 1, "warmup_epochs": 0, "lr": 1e-2}
     batches = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0]))] * 2
-    train.fit(groups, lambda x, y, step: F.cross_entropy(model(x), y), batches, hp, "test")
+    loops.fit(groups, lambda x, y, step: F.cross_entropy(model(x), y), batches, hp, "test")
     frozen = [n for n, p in model.named_parameters() if any(p is q for g in groups if g["lr_scale"] == 0
                                                            for q in g["params"])]
     assert frozen and all(torch.equal(model.state_dict()[n], before[n]) for n in frozen)
@@ -185,9 +186,9 @@ def test_bf16_training_keeps_float32_weights_and_teacher(tmp_path, data_file):
 
 
 def test_autocast_runs_matmuls_in_bf16():
-    with train.autocast(torch.device("cpu"), "bf16"):
+    with loops.autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with train.autocast(torch.device("cpu"), "fp32"):
+    with loops.autocast(torch.device("cpu"), "fp32"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
@@ -209,8 +210,8 @@ def test_classification_loss_equals_the_official_codes_timm_losses():
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 6
-    assert float(train.classification_loss(logits, labels, 0.1)) == pytest.approx(
+    assert float(loops.classification_loss(logits, labels, 0.1)) == pytest.approx(
         float(LabelSmoothingCrossEntropy(0.1)(logits, labels)), rel=1e-6)
     soft = torch.softmax(torch.randn(8, 6), 1)
-    assert float(train.classification_loss(logits, soft, 0.1)) == pytest.approx(
+    assert float(loops.classification_loss(logits, soft, 0.1)) == pytest.approx(
         float(SoftTargetCrossEntropy()(logits, soft)), rel=1e-6)

@@ -18,7 +18,9 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import checkpoints, cli, configcheck, devices, outputs, tiles
+from vitlandscape import cli, configcheck, devices
+from vitlandscape.landscape import tiles
+from vitlandscape.storage import checkpoints, outputs
 from conftest import ROOT, validated
 
 

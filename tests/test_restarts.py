@@ -5,7 +5,7 @@ a truncated or foreign tile is named by `assemble`, never merged.
 A reduced workflow (one tiny MAE, 2 epochs, a 5 x 5 grid in 2 x 2 tiles, 32 evaluation
 images) runs once uninterrupted in a copy (the reference); every other case starts from a copy
 of that finished run with some outputs removed, so only the jobs under test rerun. Kills use the
-test hook VITLANDSCAPE_SIGKILL (tiles.sigkill_for_tests): `<point>@group` kills the job and
+test hook VITLANDSCAPE_SIGKILL (vitlandscape/faults.py): `<point>@group` kills the job and
 Snakemake with it (a crashed node: nothing cleans up, incomplete markers stay), so these runs
 start Snakemake in a session of its own.
 """

@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 
 from conftest import ROOT
-from vitlandscape import grid, tiles
-from vitlandscape.outputs import sha256, write_netcdf
+from vitlandscape.landscape import grid, tiles
+from vitlandscape.storage.outputs import sha256, write_netcdf
 
 pytestmark = pytest.mark.subprocess
 

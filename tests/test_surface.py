@@ -7,8 +7,8 @@ import pytest
 import torch
 import xarray as xr
 
-from vitlandscape import grid, surface, tiles
-from vitlandscape.outputs import write_netcdf
+from vitlandscape.landscape import grid, surface, tiles
+from vitlandscape.storage.outputs import write_netcdf
 
 ALPHA, BETA, TILE = [-1.0, 1.0, 5], [0.0, 3.0, 4], [2, 3]
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from vitlandscape import data, optim, stages
+from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
+from vitlandscape.train import optim, stages
 from conftest import make_image_folder, model_settings
 
 
@@ -40,8 +41,8 @@ def folder_file(tmp_path):
     """A prepared fake ImageFolder: 3 classes, 12 training and 3 val images each."""
     root = make_image_folder(tmp_path / "folder", classes=3, train=12, val=3)
     path = tmp_path / "folder.pt"
-    data.prepare_data({"dataset": "imagefolder", "path": str(root), "image_size": 16, "eval_samples": 8,
-                         "seed": 0, "test_fraction": 0.2}, path)
+    prepare.prepare_data({"dataset": "imagefolder", "path": str(root), "image_size": 16, "eval_samples": 8,
+                          "seed": 0, "test_fraction": 0.2}, path)
     return path
 
 

@@ -8,7 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from vitlandscape import snapshots, trajectory
+from vitlandscape.landscape import trajectory_plane
+from vitlandscape.storage import snapshots
 
 SHAPES = {"conv.weight": (4, 3, 2, 2), "fc.weight": (5, 7), "fc.bias": (5,), "cls_token": (1, 2, 6)}
 NAMES = list(SHAPES)
@@ -55,7 +56,7 @@ def test_straight_line_has_one_component(sign):
     v = _flat(_random(1))
     c = sign * LINE
     states = _path(final, c[:, None], v[None])
-    plane = trajectory.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
     r1, r2 = plane["explained_variance_ratio"]
     assert abs(r1 - 1) < 1e-12 and abs(r2) < 1e-12
     flip = -np.sign(c[0])  # the first snapshot goes to the negative side
@@ -74,7 +75,7 @@ def test_straight_line_trajectory_scale():
     final, fill = _random(0), 0.7
     v = _flat(_random(1))
     states = _path(final, LINE[:, None], v[None])
-    plane = trajectory.pca_plane(states, final, NAMES, fill=fill)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, fill=fill)
     s1 = np.abs(LINE).max() * np.linalg.norm(v) / fill
     assert plane["normalization"] == "trajectory"
     np.testing.assert_allclose(plane["scale"], [s1, s1], rtol=1e-12)  # no second extent: the first's scale
@@ -106,12 +107,12 @@ def _reference(states, final):
     return comps, d @ comps.T, (sv ** 2 / (sv ** 2).sum())[:2]
 
 
-@pytest.mark.parametrize("block", [trajectory._BLOCK, 20])  # 20: parameters split into row blocks
+@pytest.mark.parametrize("block", [trajectory_plane._BLOCK, 20])  # 20: parameters split into row blocks
 def test_planar_path_matches_dense_pca(block, monkeypatch):
-    monkeypatch.setattr(trajectory, "_BLOCK", block)
+    monkeypatch.setattr(trajectory_plane, "_BLOCK", block)
     final, states = _planar()
     comps, coords, ratio = _reference(states, final)
-    plane = trajectory.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
     for k, axis in enumerate("xy"):
         got = np.concatenate([plane["directions"][f"{axis}.{n}"].numpy().ravel() for n in NAMES])
         np.testing.assert_allclose(got, comps[k], rtol=0, atol=1e-10)
@@ -126,7 +127,7 @@ def test_planar_path_matches_dense_pca(block, monkeypatch):
 def test_planar_path_trajectory_scale():
     final, states = _planar()
     _, coords, _ = _reference(states, final)
-    plane = trajectory.pca_plane(states, final, NAMES, fill=0.8)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, fill=0.8)
     scale = np.abs(coords).max(0) / 0.8
     np.testing.assert_allclose(plane["scale"], scale, rtol=1e-12)
     np.testing.assert_allclose(plane["coords"], coords / scale, atol=1e-12)
@@ -137,7 +138,7 @@ def test_off_plane_snapshots_report_their_share():
     final, states = _planar()
     rng = np.random.default_rng(7)
     states[2] = _unflat(_flat(states[2]) + rng.standard_normal(_flat(final).size))  # leaves the plane
-    plane = trajectory.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, "none", dtype=torch.float64)
     comps, coords, ratio = _reference(states, final)
     np.testing.assert_allclose(plane["explained_variance_ratio"], ratio, rtol=0, atol=1e-10)
     assert sum(ratio) < 0.999
@@ -172,7 +173,7 @@ def _filter_friendly_path(final, seed=5):
 def test_filter_normalisation_and_least_squares():
     final = _random(4)
     states = _filter_friendly_path(final)
-    plane = trajectory.pca_plane(states, final, NAMES, "filter", dtype=torch.float64)
+    plane = trajectory_plane.pca_plane(states, final, NAMES, "filter", dtype=torch.float64)
     assert plane["scale"] == [1.0, 1.0]
     for n in NAMES:
         for axis in "xy":
@@ -193,7 +194,7 @@ def test_filter_coordinates_are_least_squares():
     rng = np.random.default_rng(38)  # a path whose fit turns an axis round: the sign is fixed after the fit
     coefs = rng.standard_normal((6, 3)) * np.array([3, 1, 0.5])
     states = _path(final, coefs, rng.standard_normal((3, _flat(final).size)))
-    plane = trajectory.pca_plane(states, final, NAMES, "filter")
+    plane = trajectory_plane.pca_plane(states, final, NAMES, "filter")
     assert plane["coords"][0, 0] <= 0 and plane["coords"][0, 1] <= 0
     dirs = np.stack([_flat({n: plane["directions"][f"{a}.{n}"] for n in NAMES}) for a in "xy"])
     for (a, b), state, share in zip(plane["coords"], states, plane["in_plane"]):
@@ -206,21 +207,21 @@ def test_filter_coordinates_are_least_squares():
 def test_pca_plane_rejects_bad_input():
     final, states = _planar()
     with pytest.raises(ValueError, match="at least 3 snapshots"):
-        trajectory.pca_plane(states[:2], final, NAMES)
+        trajectory_plane.pca_plane(states[:2], final, NAMES)
     missing = [dict(s) for s in states]
     del missing[1]["fc.bias"]
     with pytest.raises(ValueError, match="'fc.bias' is missing from snapshot 1"):
-        trajectory.pca_plane(missing, final, NAMES)
+        trajectory_plane.pca_plane(missing, final, NAMES)
     bent = [dict(s) for s in states]
     bent[2]["fc.weight"] = bent[2]["fc.weight"].T
     with pytest.raises(ValueError, match="snapshot 2 has shape"):
-        trajectory.pca_plane(bent, final, NAMES)
+        trajectory_plane.pca_plane(bent, final, NAMES)
     with pytest.raises(ValueError, match="final weights"):
-        trajectory.pca_plane(states, final, NAMES + ["head.weight"])
+        trajectory_plane.pca_plane(states, final, NAMES + ["head.weight"])
     with pytest.raises(ValueError, match="unknown normalization"):
-        trajectory.pca_plane(states, final, NAMES, "layer")
+        trajectory_plane.pca_plane(states, final, NAMES, "layer")
     with pytest.raises(ValueError, match="all equal"):
-        trajectory.pca_plane([final] * 3, final, NAMES)
+        trajectory_plane.pca_plane([final] * 3, final, NAMES)
 
 
 # ---------------------------------------------------------------- when to snapshot
@@ -333,7 +334,7 @@ def _hand_path():
 
 def test_path_distances_by_hand():
     states, final = _hand_path()
-    got = trajectory.path_distances(states, final, ["a", "b"])  # "skip" moves but is not counted
+    got = trajectory_plane.path_distances(states, final, ["a", "b"])  # "skip" moves but is not counted
     assert got["distance_to_final"] == pytest.approx([5.0, 2.0, 0.0], abs=1e-15)
     assert got["distance_travelled"] == pytest.approx([0.0, math.sqrt(29), math.sqrt(29) + 2], abs=1e-14)
     assert got["final_norm"] == pytest.approx(5.0, abs=1e-15)
@@ -341,13 +342,13 @@ def test_path_distances_by_hand():
 
 def test_summary_is_json_ready():
     final, states = _planar()
-    plane = trajectory.pca_plane(states, final, NAMES)
-    distances = trajectory.path_distances(states, final, NAMES)
+    plane = trajectory_plane.pca_plane(states, final, NAMES)
+    distances = trajectory_plane.path_distances(states, final, NAMES)
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 100]
-    record = json.loads(json.dumps(trajectory.summary(np.array(steps), plane, distances)))
+    record = json.loads(json.dumps(trajectory_plane.summary(np.array(steps), plane, distances)))
     assert set(record) == {"steps", "coords", "explained_variance_ratio", "scale", "normalization", "in_plane",
                            "distance_to_final", "distance_travelled", "final_norm"}
     assert record["steps"] == steps and record["coords"] == plane["coords"].tolist()
     assert record["distance_travelled"] == distances["distance_travelled"]
     with pytest.raises(ValueError, match="steps"):
-        trajectory.summary(steps[:-1], plane, distances)
+        trajectory_plane.summary(steps[:-1], plane, distances)

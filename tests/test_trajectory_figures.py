@@ -7,9 +7,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.contour import ContourSet
 from matplotlib.patches import FancyArrowPatch
 
-from vitlandscape import figures
-from vitlandscape.curves import smoothed
-from vitlandscape import trajectory_figures as tf
+from test_figures import text_overlaps
+from vitlandscape.figures import surfaces, trajectories
+from vitlandscape.metrics.curves import smoothed
 
 FAST = {"dpi": 40, "levels": 8}
 GRID = np.linspace(-1, 1, 11)
@@ -58,12 +58,12 @@ def note(ax):
 
 
 def overlaps(fig):
-    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in figures.text_overlaps(fig)]
+    return [(a.get_text(), getattr(b, "get_text", lambda: repr(b))()) for a, b in text_overlaps(fig)]
 
 
 def test_trajectory_figure_draws_the_path_in_order_over_the_log_scaled_surface():
     s = summary(n=6)
-    fig = tf.trajectory_figure(surface(), s, settings=FAST)
+    fig = trajectories.trajectory_figure(surface(), s, settings=FAST)
     [ax] = the_axes(fig)
     coords = np.array(s["coords"])
     path = arrows(ax)
@@ -89,7 +89,7 @@ def test_trajectory_figure_draws_the_path_in_order_over_the_log_scaled_surface()
 
 def test_a_path_leaving_the_grid_gets_a_note_and_stays_in_view():
     s = summary(n=7, reach=1.6)
-    fig = tf.trajectory_figure(surface(), s, settings=FAST)
+    fig = trajectories.trajectory_figure(surface(), s, settings=FAST)
     [ax] = the_axes(fig)
     coords = np.array(s["coords"])
     outside = (np.abs(coords) > 1).any(axis=1).sum()
@@ -102,13 +102,13 @@ def test_a_path_leaving_the_grid_gets_a_note_and_stays_in_view():
 
 def test_outside_grid_checks_both_coordinates_on_both_sides():
     points = np.array([[0, 0], [1, 1], [-1, -1], [1.01, 0], [-1.01, 0], [0, 1.01], [0, -1.01], [2, 2]])
-    np.testing.assert_array_equal(tf.outside_grid(surface(), points), [False] * 3 + [True] * 5)
+    np.testing.assert_array_equal(trajectories.outside_grid(surface(), points), [False] * 3 + [True] * 5)
 
 
 def test_comparison_shares_one_colour_scale_over_both_surfaces():
     items = [("MAE", surface(), summary(n=5)), ("RC-MAE", surface(scale=3.0, offset=0.2, method="rcmae"),
                                                  summary(n=8, reach=1.4))]
-    fig = tf.trajectory_comparison_figure(items, "MAE vs RC-MAE", settings=FAST)
+    fig = trajectories.trajectory_comparison_figure(items, "MAE vs RC-MAE", settings=FAST)
     panels = the_axes(fig)
     assert [len(arrows(ax)) for ax in panels] == [4, 7]
     (first,), (second,) = (filled_contours(ax) for ax in panels)
@@ -128,13 +128,13 @@ def test_comparison_shares_one_colour_scale_over_both_surfaces():
 def test_bad_summaries_are_refused():
     s = summary()
     with pytest.raises(ValueError, match="6 steps, coords of shape"):
-        tf.trajectory_figure(surface(), {**s, "coords": s["coords"][:-1]}, settings=FAST)
+        trajectories.trajectory_figure(surface(), {**s, "coords": s["coords"][:-1]}, settings=FAST)
     with pytest.raises(ValueError, match="two or more snapshots"):
-        tf.trajectory_figure(surface(), {**s, "steps": [0], "coords": [[0, 0]]}, settings=FAST)
+        trajectories.trajectory_figure(surface(), {**s, "steps": [0], "coords": [[0, 0]]}, settings=FAST)
     with pytest.raises(ValueError, match="not all finite"):
-        tf.trajectory_figure(surface(), {**s, "coords": [[np.nan, 0]] + s["coords"][1:]}, settings=FAST)
+        trajectories.trajectory_figure(surface(), {**s, "coords": [[np.nan, 0]] + s["coords"][1:]}, settings=FAST)
     with pytest.raises(ValueError, match="at least one"):
-        tf.trajectory_comparison_figure([], "nothing", settings=FAST)
+        trajectories.trajectory_comparison_figure([], "nothing", settings=FAST)
 
 
 def training_curve(tau, consistency=False, n=200, epoch=10) -> pd.DataFrame:
@@ -150,7 +150,7 @@ def training_curve(tau, consistency=False, n=200, epoch=10) -> pd.DataFrame:
 
 def test_loss_curves_show_the_raw_loss_faint_and_its_epoch_mean_solid():
     curves = {"MAE": training_curve(60), "supervised": training_curve(30, epoch=20)}
-    fig = tf.loss_curves_figure(curves, settings=FAST)
+    fig = trajectories.loss_curves_figure(curves, settings=FAST)
     [ax] = fig.axes
     assert ax.get_yscale() == "log"
     lines = ax.get_lines()
@@ -166,7 +166,7 @@ def test_loss_curves_show_the_raw_loss_faint_and_its_epoch_mean_solid():
 
 def test_consistency_loss_and_momentum_get_a_second_panel():
     curves = {"MAE": training_curve(60), "RC-MAE": training_curve(30, consistency=True)}
-    fig = tf.loss_curves_figure(curves, settings=FAST)
+    fig = trajectories.loss_curves_figure(curves, settings=FAST)
     assert len(fig.axes) == 3  # loss, consistency loss, momentum twin
     _, panel, twin = fig.axes
     rc = curves["RC-MAE"]
@@ -185,14 +185,14 @@ def test_loss_curves_refuse_a_curve_that_cannot_be_trusted():
     broken = training_curve(30)
     broken.loc[12, "reconstruction_loss"] = np.nan
     with pytest.raises(ValueError, match="RC-MAE.*reconstruction_loss is nan at step 12"):
-        tf.loss_curves_figure({"MAE": training_curve(60), "RC-MAE": broken}, settings=FAST)
+        trajectories.loss_curves_figure({"MAE": training_curve(60), "RC-MAE": broken}, settings=FAST)
     with pytest.raises(ValueError, match="MAE has no column 'pretext'"):
-        tf.loss_curves_figure({"MAE": training_curve(60)}, column="pretext", settings=FAST)
+        trajectories.loss_curves_figure({"MAE": training_curve(60)}, column="pretext", settings=FAST)
 
 
 def test_distance_figure_plots_both_distances_with_a_relative_axis():
     s = summary(n=6, final_norm=40.0)
-    fig = tf.distance_figure({"MAE": s}, settings=FAST)
+    fig = trajectories.distance_figure({"MAE": s}, settings=FAST)
     travelled, to_final = fig.axes[:2]
     for ax, key in ((travelled, "distance_travelled"), (to_final, "distance_to_final")):
         [drawn] = ax.get_lines()
@@ -207,19 +207,20 @@ def test_distance_figure_plots_both_distances_with_a_relative_axis():
 
 
 def test_distance_figure_with_different_final_norms_names_them_instead():
-    fig = tf.distance_figure({"MAE": summary(final_norm=40.0), "RC-MAE": summary(n=4, final_norm=30.0)},
-                             settings=FAST)
+    fig = trajectories.distance_figure({"MAE": summary(final_norm=40.0), "RC-MAE": summary(n=4, final_norm=30.0)},
+                                       settings=FAST)
     assert all(ax.child_axes == [] for ax in fig.axes)
     legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert legend == ["MAE (‖θ_final‖ = 40)", "RC-MAE (‖θ_final‖ = 30)"]
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
     s = summary()
     with pytest.raises(ValueError, match="RC-MAE: 6 steps but 5 travelled"):
-        tf.distance_figure({"RC-MAE": {**s, "distance_travelled": s["distance_travelled"][1:]}}, settings=FAST)
+        trajectories.distance_figure({"RC-MAE": {**s, "distance_travelled": s["distance_travelled"][1:]}},
+                                     settings=FAST)
 
 
 def test_figures_save_as_png_and_pdf(tmp_path):
-    fig = tf.trajectory_figure(surface(), summary(), settings=FAST)
-    paths = figures.save_figure(fig, tmp_path / "mae", "trajectory", FAST)
+    fig = trajectories.trajectory_figure(surface(), summary(), settings=FAST)
+    paths = surfaces.save_figure(fig, tmp_path / "mae", "trajectory", FAST)
     assert [p.name for p in paths] == ["mae_trajectory.png", "mae_trajectory.pdf"]
     assert all(p.stat().st_size > 1000 for p in paths)

@@ -9,16 +9,18 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape import directions, landscape, snapshots, stages
+from vitlandscape.landscape import directions, stages as landscape_stages
 from vitlandscape.models.arch import build_mae
+from vitlandscape.storage import snapshots
+from vitlandscape.train import stages as train_stages
 
 EVERY = {"every": 3}
 
 
 def replay(tmp_path, cfg, stage, data_file, checkpoint, schedule=EVERY, pretrained=None):
     out = tmp_path / stage
-    meta = stages.trajectory(cfg, stage, schedule, data_file, checkpoint, out / "snapshots.safetensors",
-                             out / "curve.csv", pretrained)
+    meta = train_stages.trajectory(cfg, stage, schedule, data_file, checkpoint, out / "snapshots.safetensors",
+                                   out / "curve.csv", pretrained)
     steps, states, stored = snapshots.load_snapshots(out / "snapshots.safetensors")
     return meta, steps, states, stored, pd.read_csv(out / "curve.csv")
 
@@ -26,7 +28,7 @@ def replay(tmp_path, cfg, stage, data_file, checkpoint, schedule=EVERY, pretrain
 @pytest.mark.parametrize("method", ["mae", "rcmae", "supervised"])
 def test_replayed_pretraining_reproduces_its_checkpoint_on_schedule(tmp_path, data_file, method):
     cfg = model_settings(method)
-    ckpt = stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    ckpt = train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
     meta, steps, states, stored, curve = replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt")
     # 72 training images in batches of 32: 2 full batches an epoch, 2 epochs
     assert meta["total_steps"] == 4 and steps == [0, 3, 4] and json.loads(stored["steps"]) == [0, 3, 4]
@@ -58,7 +60,7 @@ def test_replayed_pretraining_reproduces_its_checkpoint_on_schedule(tmp_path, da
 def test_rcmae_snapshots_follow_the_weights_its_checkpoint_keeps(tmp_path, data_file):
     for weights in ("teacher", "student"):
         cfg = model_settings("rcmae", downstream_weights=weights)
-        ckpt = stages.pretrain(cfg, data_file, tmp_path / f"{weights}.pt")
+        ckpt = train_stages.pretrain(cfg, data_file, tmp_path / f"{weights}.pt")
         *_, states, _, _ = replay(tmp_path / weights, cfg, "pretrain", data_file, tmp_path / f"{weights}.pt")
         assert all(torch.equal(states[-1][k], ckpt[weights][k]) for k in ckpt[weights])
 
@@ -66,8 +68,8 @@ def test_rcmae_snapshots_follow_the_weights_its_checkpoint_keeps(tmp_path, data_
 @pytest.mark.parametrize("stage", ["probe", "finetune"])
 def test_replayed_downstream_training_reproduces_its_checkpoint(tmp_path, data_file, stage):
     cfg = model_settings("mae")
-    stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
-    stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", tmp_path / f"{stage}.pt", tmp_path / "m.json")
+    train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    train_stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", tmp_path / f"{stage}.pt", tmp_path / "m.json")
     meta, steps, states, _, curve = replay(tmp_path, cfg, stage, data_file, tmp_path / f"{stage}.pt",
                                            schedule={"points": 3, "spacing": "linear"}, pretrained=tmp_path / "pre.pt")
     assert meta["replay_difference"] == 0.0 and len(steps) == 3 and steps[-1] == meta["total_steps"] == len(curve)
@@ -76,7 +78,7 @@ def test_replayed_downstream_training_reproduces_its_checkpoint(tmp_path, data_f
 
 
 def test_a_replay_that_does_not_reproduce_the_checkpoint_is_refused(tmp_path, data_file):
-    stages.pretrain(model_settings("mae", seed=1), data_file, tmp_path / "other.pt")
+    train_stages.pretrain(model_settings("mae", seed=1), data_file, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"does not reproduce .*other\.pt"):
         replay(tmp_path, model_settings("mae"), "pretrain", data_file, tmp_path / "other.pt")
 
@@ -84,12 +86,13 @@ def test_a_replay_that_does_not_reproduce_the_checkpoint_is_refused(tmp_path, da
 def test_the_pca_plane_is_centred_on_the_checkpoint_and_follows_the_direction_contract(tmp_path, data_file):
     cfg = model_settings("mae")
     cfg["pretrain"]["epochs"] = 4
-    stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
     _, steps, states, _, _ = replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt", schedule={"every": 2})
     settings = {**cfg, "objective": "pretext",
                 "landscape": {"perturb_1d": False, "perturb_frozen": False}, "trajectories": {"normalization": "none"}}
-    summary = landscape.trajectory_plane(settings, tmp_path / "pre.pt", tmp_path / "pretrain/snapshots.safetensors",
-                                         tmp_path / "plane.safetensors", tmp_path / "pca.json")
+    summary = landscape_stages.trajectory_plane(settings, tmp_path / "pre.pt",
+                                                tmp_path / "pretrain/snapshots.safetensors",
+                                                tmp_path / "plane.safetensors", tmp_path / "pca.json")
     dirs, meta = directions.load(tmp_path / "plane.safetensors")
     model = build_mae(cfg["arch"], cfg["norm_pix_loss"])
     names = directions.perturbed_names(model, False, False)
@@ -112,26 +115,26 @@ def test_the_pca_plane_is_centred_on_the_checkpoint_and_follows_the_direction_co
 
 def test_snapshots_of_another_checkpoint_are_refused(tmp_path, data_file):
     cfg = model_settings("mae")
-    stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
     replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt")
-    stages.pretrain(model_settings("mae", seed=3), data_file, tmp_path / "other.pt")
+    train_stages.pretrain(model_settings("mae", seed=3), data_file, tmp_path / "other.pt")
     settings = {**cfg, "objective": "pretext", "landscape": {"perturb_1d": False, "perturb_frozen": False},
                 "trajectories": {"normalization": "trajectory"}}
     with pytest.raises(ValueError, match="were recorded for checkpoint"):
-        landscape.trajectory_plane(settings, tmp_path / "other.pt", tmp_path / "pretrain/snapshots.safetensors",
-                                   tmp_path / "plane.safetensors", tmp_path / "pca.json")
+        landscape_stages.trajectory_plane(settings, tmp_path / "other.pt", tmp_path / "pretrain/snapshots.safetensors",
+                                          tmp_path / "plane.safetensors", tmp_path / "pca.json")
 
 
 def test_snapshot_probes_match_the_probe_stage_at_both_ends(tmp_path, data_file):
     """The last snapshot is the checkpoint and the first the seeded initialisation: their probes
     are the probe stage's and its random-encoder baseline's."""
     cfg = model_settings("mae")
-    stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
-    metrics = stages.downstream(cfg, "probe", data_file, tmp_path / "pre.pt", tmp_path / "probe.pt",
-                                tmp_path / "probe.json")
+    train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    metrics = train_stages.downstream(cfg, "probe", data_file, tmp_path / "pre.pt", tmp_path / "probe.pt",
+                                      tmp_path / "probe.json")
     replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt", schedule={"every": 1})
-    result = stages.snapshot_probes(cfg, data_file, tmp_path / "pretrain/snapshots.safetensors", 3,
-                                    tmp_path / "probes.json")
+    result = train_stages.snapshot_probes(cfg, data_file, tmp_path / "pretrain/snapshots.safetensors", 3,
+                                          tmp_path / "probes.json")
     assert result["steps"] == [0, 2, 4]  # 5 snapshots, 3 evenly spread
     assert json.loads((tmp_path / "probes.json").read_text()) == result
     assert result["test_top1"][-1] == metrics["test_top1"]

@@ -9,7 +9,8 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import codehash, configcheck, grid, warmstart  # noqa: E402
+from vitlandscape import codehash, configcheck, warmstart  # noqa: E402
+from vitlandscape.landscape import grid  # noqa: E402
 
 # Every job runs the library from this checkout through the shell function `vitlandscape`
 # (`python -m vitlandscape STAGE ...`): with the conda environment's python under

@@ -20,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-from vitlandscape import devices, directions, objectives, plan, surface
+from vitlandscape import devices, plan
+from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.arch import build_mae, resolve_arch
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' data sheets, by a substring of the name.

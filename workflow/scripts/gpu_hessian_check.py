@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from vitlandscape import hessian, objectives
+from vitlandscape.landscape import objectives
+from vitlandscape.metrics import hessian
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 

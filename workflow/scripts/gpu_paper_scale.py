@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from vitlandscape import directions, objectives, plan, surface
+from vitlandscape import plan
+from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 

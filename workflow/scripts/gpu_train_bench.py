@@ -21,10 +21,11 @@ import time
 
 import torch
 
-from vitlandscape import augment, optim, recipes, train
-from vitlandscape.batch_augmentation import Augmentation
+from vitlandscape.augment import crop, erasing, randaugment
+from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
+from vitlandscape.train import loops, optim, recipes
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -50,7 +51,7 @@ def training_step(model, loss_of, hp: dict, precision: str):
     device = next(model.parameters()).device
 
     def step():
-        with train.autocast(device, precision):
+        with loops.autocast(device, precision):
             loss = loss_of()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,11 +66,11 @@ def augmentation_agreement(device: torch.device, size: int) -> dict:
     def both(fn):
         return [fn(images.to(d), torch.Generator().manual_seed(1)).cpu() for d in ("cpu", device)]
 
-    crop = both(lambda x, g: augment.random_resized_crop(x, size, generator=g))
-    flip = both(lambda x, g: augment.horizontal_flip(x, generator=g))
-    levels = both(lambda x, g: augment.rand_augment(x, generator=g) * 255)
-    erased = both(lambda x, g: augment.random_erasing(x, prob=1.0, generator=g))
-    return {"crop_max_abs_difference": float((crop[0] - crop[1]).abs().max()),
+    cropped = both(lambda x, g: crop.random_resized_crop(x, size, generator=g))
+    flip = both(lambda x, g: crop.horizontal_flip(x, generator=g))
+    levels = both(lambda x, g: randaugment.rand_augment(x, generator=g) * 255)
+    erased = both(lambda x, g: erasing.random_erasing(x, prob=1.0, generator=g))
+    return {"crop_max_abs_difference": float((cropped[0] - cropped[1]).abs().max()),
             "flip_identical": bool(torch.equal(*flip)),
             "rand_augment_max_level_difference": float((levels[0] - levels[1]).abs().max()),
             "erasing_identical": bool(torch.equal(*erased))}
@@ -95,7 +96,7 @@ def run(arch: str, batch: int, repeats: int, device: torch.device) -> dict:
                                   drop_path=fine_hp["recipe"]["drop_path"]).to(device).train()
     noise = torch.rand(batch, mae.patch_embed.num_patches, device=device)
     losses = {"pretrain": (mae, lambda: mae(images, 0.75, noise)[0], pre_hp),
-              "finetune": (classifier, lambda: train.classification_loss(classifier(mixed), targets, 0.0), fine_hp)}
+              "finetune": (classifier, lambda: loops.classification_loss(classifier(mixed), targets, 0.0), fine_hp)}
     for stage, (model, loss_of, hp) in losses.items():
         for precision in ("fp32", "bf16"):
             if device.type == "cuda":

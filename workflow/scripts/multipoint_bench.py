@@ -32,8 +32,9 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vitlandscape import devices, directions, objectives, surface
-from vitlandscape.bench import cpu_model
+from vitlandscape import devices
+from vitlandscape.landscape import directions, objectives, surface
+from vitlandscape.landscape.bench import cpu_model
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 

@@ -23,15 +23,15 @@ sys.path.insert(0, str(LIBDIR))
 from vitlandscape import warmstart  # noqa: E402
 
 # The modules each kind of job imports before it computes (cli.py's dispatch).
-STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.stages",
-          "directions / tiles / lines / trajectory plane": "vitlandscape.landscape",
-          "hessian / flatness": "vitlandscape.curvature",
-          "prepare-data": "vitlandscape.data",
-          "assemble": "vitlandscape.tiles",
-          "figures": "vitlandscape.plots",
-          "metrics tables": "vitlandscape.metrics",
-          "convergence table": "vitlandscape.convergence",
-          "accuracy table": "vitlandscape.accuracy"}
+STAGES = {"pretrain / probe / finetune / trajectory": "vitlandscape.train.stages",
+          "directions / tiles / lines / trajectory plane": "vitlandscape.landscape.stages",
+          "hessian / flatness": "vitlandscape.metrics.stages",
+          "prepare-data": "vitlandscape.data.prepare",
+          "assemble": "vitlandscape.landscape.tiles",
+          "figures": "vitlandscape.figures.stages",
+          "metrics tables": "vitlandscape.metrics.tables",
+          "convergence table": "vitlandscape.metrics.convergence",
+          "accuracy table": "vitlandscape.metrics.accuracy"}
 
 
 def seconds(command: list[str], env: dict) -> float:

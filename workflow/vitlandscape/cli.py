@@ -189,13 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio-map", required=True, help="netCDF file of the ratio-map stage")
     p.add_argument("--prefix", required=True)
 
-    p = sub.add_parser("bench-grid", help="points/s of the tile engine vs plain forward passes")
-    p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
-    p.add_argument("--data", default=None, help="prepared data (default: results/data/<dataset>.pt)")
-    p.add_argument("--points", type=int, default=121, help="grid points per objective")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-
     p = sub.add_parser("bench", help="one grid computed by the engine, loss-landscapes and a Li et al. loop, "
                                       "against plain forward passes: rates, memory, speed-ups (JSON and table)")
     p.add_argument("--config", default="results/config.yaml", help="effective config of a finished run")
@@ -244,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Settings behind a stage's --device, for the message when it asks for a GPU this machine lacks.
 DEVICE_KEYS = {**dict.fromkeys(("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"),
                                 "device"),
-               **dict.fromkeys(("bench", "bench-grid", "plan"), "--device")}
+               **dict.fromkeys(("bench", "plan"), "--device")}
 WRITE_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
 OUTPUT_ARGS = ("out", "out_dir", "prefix", "html", "vts", "metrics", "json")  # named when the error names no file
 
@@ -255,7 +248,7 @@ def main(argv=None) -> None:
     line and exit status 1; every other error keeps its traceback."""
     args = build_parser().parse_args(argv)
     from vitlandscape.devices import DeviceError
-    from vitlandscape.outputs import OutputError
+    from vitlandscape.storage.outputs import OutputError
     try:
         _run(args)
     except DeviceError as err:
@@ -274,15 +267,15 @@ def _run(args) -> None:
     if args.stage == "plan":  # counts from the config: torch is imported only to measure
         _plan(args)
     elif args.stage == "metrics-tables":
-        from vitlandscape import metrics
-        metrics.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
+        from vitlandscape.metrics import tables
+        tables.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
     elif args.stage == "assemble":
-        from vitlandscape import tiles
+        from vitlandscape.landscape import tiles
         tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
     elif args.stage == "write-config":
         _write_config(args.settings, args.out)
     elif args.stage == "convergence":
-        from vitlandscape import convergence
+        from vitlandscape.metrics import convergence
         convergence.table(args.settings, dict(item.split("=", 1) for item in args.curves), args.out,
                           dict(item.split("=", 1) for item in args.probes))
     elif args.stage.startswith("plot-"):
@@ -292,22 +285,22 @@ def _run(args) -> None:
 
 
 def _plot(args) -> None:
-    from vitlandscape import plots
+    from vitlandscape.figures import stages as figures_stages
     if args.stage == "plot-surface":
-        plots.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
+        figures_stages.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
     elif args.stage == "plot-accuracy":
-        plots.accuracy_figure(args.settings, args.surface, args.prefix)
+        figures_stages.accuracy_figure(args.settings, args.surface, args.prefix)
     elif args.stage == "plot-path":
-        plots.path_figure(args.settings, args.path, args.prefix)
+        figures_stages.path_figure(args.settings, args.path, args.prefix)
     elif args.stage == "plot-compare":
-        plots.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
+        figures_stages.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
     elif args.stage == "plot-spectrum":
-        plots.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
+        figures_stages.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
     elif args.stage == "plot-ratio-map":
-        plots.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
+        figures_stages.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
     elif args.stage == "plot-trajectory":
-        plots.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
-                                 args.prefix, args.title)
+        figures_stages.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
+                                          args.prefix, args.title)
 
 
 def _compute(args) -> None:
@@ -317,10 +310,10 @@ def _compute(args) -> None:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.stage == "prepare-data":
-        from vitlandscape import data
-        data.prepare_data(args.settings, args.out)
+        from vitlandscape.data import prepare
+        prepare.prepare_data(args.settings, args.out)
     elif args.stage == "accuracy-table":
-        from vitlandscape import accuracy
+        from vitlandscape.metrics import accuracy
         supervised = dict(item.split("=", 1) for item in args.supervised)
         accuracy.accuracy_table(args.metrics, supervised, args.out)
     elif args.stage in ("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"):
@@ -329,52 +322,50 @@ def _compute(args) -> None:
         _landscape(args)
     elif args.stage in ("hessian", "flatness", "ratio-map"):
         _curvature(args)
-    elif args.stage == "bench-grid":
-        _bench(args)
     elif args.stage == "bench":
         _bench_compare(args)
 
 
 def _train(args) -> None:
-    from vitlandscape import stages
+    from vitlandscape.train import stages as train_stages
     if args.stage == "pretrain":
-        stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
+        train_stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
     elif args.stage in ("probe", "finetune"):
-        stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
-                          args.device, args.workers)
+        train_stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
+                                args.device, args.workers)
     elif args.stage == "snapshot-probe":
-        stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
-                               args.workers)
+        train_stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
+                                     args.workers)
     elif args.stage == "trajectory":
-        stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint, args.snapshots,
-                          args.curve, args.pretrained, args.device, args.workers)
+        train_stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint,
+                                args.snapshots, args.curve, args.pretrained, args.device, args.workers)
     else:
-        stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
-                        args.workers)
+        train_stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
+                              args.workers)
 
 
 def _landscape(args) -> None:
-    from vitlandscape import landscape
+    from vitlandscape.landscape import stages as landscape_stages
     if args.stage == "directions":
-        landscape.make_directions(args.settings, args.checkpoint, args.out)
+        landscape_stages.make_directions(args.settings, args.checkpoint, args.out)
     elif args.stage == "surface-tile":
-        landscape.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
+        landscape_stages.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
     elif args.stage == "line":
-        landscape.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
+        landscape_stages.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
     elif args.stage == "trajectory-plane":
-        landscape.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
+        landscape_stages.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
     else:
-        landscape.interpolate(args.settings, args.data, args.start, args.end, args.out)
+        landscape_stages.interpolate(args.settings, args.data, args.start, args.end, args.out)
 
 
 def _curvature(args) -> None:
-    from vitlandscape import curvature
+    from vitlandscape.metrics import stages as metrics_stages
     if args.stage == "hessian":
-        curvature.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
+        metrics_stages.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
     elif args.stage == "flatness":
-        curvature.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
+        metrics_stages.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
     else:
-        curvature.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
+        metrics_stages.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
 
 
 def _plan(args) -> None:
@@ -394,7 +385,7 @@ def _plan(args) -> None:
         raise SystemExit(f"plan: {err}") from None
     measured = None
     if args.measure:
-        from vitlandscape import throughput
+        from vitlandscape.landscape import throughput
         measured = throughput.measure(config, plan.forwards(config), num_classes, args.device, args.precision,
                                       args.batch_size, args.measure_seconds)
     result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images, measured)
@@ -434,23 +425,12 @@ def bench_surfaces(models: dict) -> list[str]:
     return pretext[:1] + labelled[:1]
 
 
-def _bench(args) -> None:
-    """Benchmark every surface of a finished run, on its trained checkpoints."""
-    import yaml
-
-    from vitlandscape import bench, configcheck
-    config = yaml.safe_load(Path(args.config).read_text())
-    data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
-    cases = [({**m, "name": name, "objective": objective}, checkpoint_of(name, m, objective))
-             for name, m in config["models"].items() for objective in configcheck.objectives(m)]
-    bench.run(cases, data_path, args.points, config["landscape"]["batch_size"], args.device)
-
-
 def _bench_compare(args) -> None:
     """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
     import yaml
 
-    from vitlandscape import bench, outputs
+    from vitlandscape.landscape import bench
+    from vitlandscape.storage import outputs
     config = yaml.safe_load(Path(args.config).read_text())
     models = config["models"]
     known = surfaces_of(models)

@@ -3,7 +3,7 @@
 A stage's modules are its entry modules and, transitively, every module of the package they
 import, at module level or inside functions, found by parsing the source (nothing is
 imported, so no torch). Importing a module also runs the `__init__.py` of the packages above
-it. Modules are paths relative to the package folder: "stages.py", "models/arch.py".
+it. Modules are paths relative to the package folder: "train/stages.py", "models/arch.py".
 Imports by computed name (importlib.import_module) are not seen: the library has none.
 """
 import ast
@@ -14,15 +14,15 @@ from pathlib import Path
 # cli.py is left out, so it must hold no logic that shapes a result. Keys are the stage
 # names of code_hash in common.smk.
 STAGE_ENTRIES = {
-    "prepare_data": ["data.py"],
-    "train": ["stages.py"],
-    "table": ["accuracy.py"],
-    "landscape": ["landscape.py", "tiles.py"],
-    "figures": ["plots.py"],
-    "metrics": ["curvature.py"],
-    "metrics_tables": ["metrics.py"],
-    "convergence": ["convergence.py"],
-    "bench": ["bench.py", "outputs.py", "configcheck.py"],
+    "prepare_data": ["data/prepare.py"],
+    "train": ["train/stages.py"],
+    "table": ["metrics/accuracy.py"],
+    "landscape": ["landscape/stages.py", "landscape/tiles.py"],
+    "figures": ["figures/stages.py"],
+    "metrics": ["metrics/stages.py"],
+    "metrics_tables": ["metrics/tables.py"],
+    "convergence": ["metrics/convergence.py"],
+    "bench": ["landscape/bench.py", "storage/outputs.py", "configcheck.py"],
 }
 
 

@@ -6,8 +6,10 @@ Each problem names the config key at fault, the value and what is expected.
 import zipfile
 from pathlib import Path
 
-from vitlandscape import findings, recipes, schemaerrors
+from vitlandscape import schemaerrors
+from vitlandscape.metrics import findings
 from vitlandscape.models.arch import DECODER_KEYS, PRESETS
+from vitlandscape.train import recipes
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
 ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},
@@ -98,11 +100,11 @@ def _checkpoint_problems(key: str, m: dict) -> list[str]:
         if not Path(path).is_file():
             out.append(f"{key}.{name}: file {path} does not exist")
             continue
-        from vitlandscape import ckptheader, formats  # import torch: only when a checkpoint is given
+        from vitlandscape.storage import checkpoint_header, formats  # import torch: only when a checkpoint is given
 
         try:
-            ckpt = ckptheader.read(path, prefer=m.get("downstream_weights", "teacher"),
-                                   trusted=m.get("trust_checkpoint", False))
+            ckpt = checkpoint_header.read(path, prefer=m.get("downstream_weights", "teacher"),
+                                          trusted=m.get("trust_checkpoint", False))
             for use in uses:
                 if use == "encoder":
                     formats.encoder_source(ckpt)
@@ -124,11 +126,12 @@ def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[
     (on the meta device): the strict check the job makes when it loads the weights."""
     import torch
 
-    from vitlandscape import ckptheader, objectives
-    from vitlandscape.checkpoints import CheckpointError, check_keys
+    from vitlandscape.landscape import objectives
     from vitlandscape.models.classifier import ENCODER_PREFIXES, build_classifier, encoder_state
+    from vitlandscape.storage import checkpoint_header
+    from vitlandscape.storage.checkpoints import CheckpointError, check_keys
 
-    wanted, found = arch_dims(m["arch"]), ckptheader.dims(ckpt.state)
+    wanted, found = arch_dims(m["arch"]), checkpoint_header.dims(ckpt.state)
     differ = [f"{key}.arch.{k}: {wanted[k]} does not match checkpoint {ckpt.path} ({key}.{name}); expected {v}, "
               f"as in the checkpoint"
               for k, v in found.items() if k in wanted and wanted[k] != v

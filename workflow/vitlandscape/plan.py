@@ -7,12 +7,14 @@ transformer block and token: qkv 3 D^2, output projection D^2, MLP 2 r D^2 (r = 
 attention 2 T D for T tokens (scores and weighted values). The MAE pretext loss embeds
 every patch, encodes the cls token + the kept patches, and decodes all L + 1 tokens.
 Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
-torch: `vitlandscape.throughput` measures the rates that replace the assumed one).
+torch: `vitlandscape.landscape.throughput` measures the rates that replace the assumed one).
 """
 import math
 
-from vitlandscape import configcheck, grid, recipes
+from vitlandscape import configcheck
+from vitlandscape.landscape import grid
 from vitlandscape.models.arch import resolve_arch
+from vitlandscape.train import recipes
 
 MLP_RATIO = 4
 # Sustained throughput when none is given: the grid engine (fp32) evaluating ViT-B/16 and
@@ -91,7 +93,7 @@ def default_train_images(config: dict) -> int | None:
         return None
     data = config["data"]
     if data["dataset"] == "digits":
-        return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare
+        return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare.prepare
     if data["dataset"] == "imagefolder":
         return IMAGENET_TRAIN_IMAGES
     raise PlanError(f"the number of training images of data.dataset {data['dataset']} is not known from "

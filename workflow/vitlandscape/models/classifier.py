@@ -12,9 +12,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitlandscape.checkpoints import check_keys
 from vitlandscape.models.arch import resolve_arch
 from vitlandscape.models.posembed import sincos_2d
+from vitlandscape.storage.checkpoints import check_keys
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 

@@ -11,7 +11,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from vitlandscape.masking import random_masking
+from vitlandscape.models.masking import random_masking
 from vitlandscape.models.posembed import sincos_2d
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)

@@ -1,0 +1,146 @@
+"""What the landscape measures: L(theta) for one trained model on the fixed evaluation set.
+
+pretext     MAE reconstruction loss with the fixed per-image masks of `mask_seed`
+probe       cross-entropy (and top-1) of the linear-probed model
+finetune    cross-entropy (and top-1) of the fine-tuned model
+supervised  cross-entropy (and top-1) of the supervised ViT
+
+`Objective.evaluate()` runs the model as its weights are now, so callers move the weights
+in place and call it again; results do not depend on the batch size.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vitlandscape import devices
+from vitlandscape.data import prepare
+from vitlandscape.models.arch import build_mae
+from vitlandscape.models.classifier import build_classifier, classifier_for
+from vitlandscape.models.masking import eval_noise, random_masking
+from vitlandscape.storage import checkpoints, formats
+
+CLASSIFICATION = ("probe", "finetune", "supervised")
+
+
+@dataclass
+class Objective:
+    name: str
+    model: torch.nn.Module
+    batches: list = field(repr=False)
+    info: dict = field(default_factory=dict)
+    # Turns a batch as stored into model input: uint8 images of a streamed data set are
+    # normalised batch by batch, so the device holds the subset at 1 byte per pixel.
+    inputs: Callable = field(default=lambda images: images, repr=False)
+    precision: str = "fp32"  # of the forward passes of evaluate() (devices.precision)
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, top-1 accuracy); accuracy is NaN for the pretext loss."""
+        # Sums stay on the device (float64 tensors from the first batch on): one
+        # synchronisation per grid point, not one per batch.
+        total = count = correct = 0.0
+        device = next(self.model.parameters()).device
+        with devices.precision(self.precision, device):
+            for batch in self.batches:
+                loss_sum, n, right = self.batch_sums(batch)
+                total, count, correct = total + loss_sum, count + n, correct + right
+        if self.name == "pretext":
+            return (total / count).item(), float("nan")
+        count = self.info["eval_samples"]
+        return total.item() / count, correct.item() / count
+
+    def batch_sums(self, batch) -> tuple:
+        """(loss summed over the batch in float64, what it is averaged over, correct top-1)
+        for one stored batch; differentiable when called outside inference mode. The
+        objective's loss is the sum of the first entries over the sum of the second."""
+        model = self.model
+        if self.name == "pretext":
+            stored, noise, target = batch
+            images = self.inputs(stored)
+            latent, mask, ids_restore = model.forward_encoder(images, self.info["mask_ratio"], noise)
+            pred = model.forward_decoder(latent, ids_restore)
+            loss_sum = (model.patch_losses(images, pred, target) * mask).sum(dtype=torch.float64)
+            return loss_sum, mask.sum(dtype=torch.float64), 0
+        stored, labels = batch
+        logits = model(self.inputs(stored))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32, fp64 stays
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum").double()
+        return loss_sum, len(labels), (logits.argmax(-1) == labels).sum()
+
+    def zero_prediction_loss(self) -> float:
+        """The pretext loss of a decoder that predicts 0 for every target patch: the mean
+        squared (norm-pix) target over the masked patches. A trained MAE is far below it."""
+        total = count = 0.0
+        for stored, noise, target in self.batches:
+            target = self.model.targets(self.inputs(stored)) if target is None else target
+            _, mask, _ = random_masking(target, self.info["mask_ratio"], noise)  # the evaluation masks
+            total = total + ((target ** 2).mean(-1) * mask).sum(dtype=torch.float64)
+            count = count + mask.sum(dtype=torch.float64)
+        return (total / count).item()
+
+
+def model_for(ckpt: formats.Checkpoint, objective: str, model_cfg: dict) -> torch.nn.Module:
+    """The (untrained) model a checkpoint's weights load into for an objective. Ours
+    records its architecture and head; a released one takes the architecture from the
+    config and the number of classes from its head."""
+    formats.require(ckpt, objective)
+    if objective == "pretext":
+        return build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
+    if ckpt.format == "vitlandscape":
+        meta = ckpt.meta
+        return build_classifier(meta["arch"], meta["num_classes"], meta["head"], meta.get("global_pool", False))
+    pooling = formats.POOLING[ckpt.format]
+    head = ckpt.state["head.1.weight" if pooling == "probe" else "head.weight"]
+    return classifier_for(pooling, model_cfg["arch"], head.shape[0])
+
+
+def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, formats.Checkpoint]:
+    """The trained model behind an objective, in eval mode (strict key matching), and the
+    checkpoint it came from (its format is provenance). `downstream_weights` picks teacher
+    or student where the checkpoint holds both."""
+    if objective not in ("pretext",) + CLASSIFICATION:
+        raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
+    ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"],
+                        trusted=model_cfg.get("trust_checkpoint", False))
+    model = model_for(ckpt, objective, model_cfg)
+    checkpoints.load_into(model, ckpt.state, what=f"checkpoint {checkpoint} ({ckpt.label})")
+    return model.eval(), ckpt
+
+
+def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
+    return load(objective, checkpoint, model_cfg)[0]
+
+
+def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_size: int,
+          mask_seed: int, device: torch.device, precision: str = "fp32") -> Objective:
+    """Model and evaluation batches, all on `device`, for one objective evaluated in `precision`."""
+    model, ckpt = load(objective, checkpoint, model_cfg)
+    print(f"checkpoint {checkpoint}: {ckpt.label}")
+    images, labels = prepare.eval_set(prepared, device, normalised=False)
+    built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"])
+    built.info["checkpoint_format"] = ckpt.format
+    built.precision = precision
+    return built
+
+
+def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int, mask_seed: int = 0, mask_ratio: float = 0.75) -> Objective:
+    """The objective of a model already on the images' device: float images, or uint8 ones
+    (a streamed subset) normalised batch by batch. `mask_*` only for the pretext loss."""
+    streamed = images.dtype == torch.uint8
+    info = {"eval_samples": len(images)}
+    if objective != "pretext":
+        batches = prepare.chunks(images, labels, batch_size)
+    else:
+        noise = eval_noise(len(images), model.patch_embed.num_patches, mask_seed).to(images.device)
+        info.update(mask_seed=mask_seed, mask_ratio=mask_ratio)
+        batches = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                x = images[i:i + batch_size]
+                # Targets are cached for in-memory data; for a streamed (large) subset they
+                # are recomputed per batch, which costs little next to the forward pass.
+                batches.append((x, noise[i:i + batch_size], None if streamed else model.targets(x)))
+    return Objective(objective, model, batches, info, inputs=prepare.normalise if streamed else (lambda x: x))

@@ -1,0 +1,185 @@
+"""Checkpoint formats, recognised by their keys, and what each one can serve.
+
+format          what it is                                                  serves
+vitlandscape    written by this workflow (`kind`, `arch`, ... beside `model`) as its kind says
+mae_pretrain    official MAE with decoder: mae_visualize_vit_*.pth (pixel    pretext; probe and
+                targets), mae_pretrain_vit_*_full.pth (norm-pix targets)     fine-tune training
+rcmae_release   RC-MAE release: `student` / `teacher`, `module.` prefix      as mae_pretrain
+mae_encoder     official MAE encoder only: mae_pretrain_vit_*.pth            probe and fine-tune training
+mae_finetuned   official MAE / RC-MAE fine-tuned: mean-pooled patch tokens,  finetune, supervised
+                `fc_norm` instead of `norm`, linear `head`
+mae_linprobe    official linear probe: cls token, `norm`, `head.0` =         probe
+                BatchNorm1d(affine=False), `head.1` = Linear
+timm_vit        supervised ViT from DeiT (`{'model': ...}`) or timm (a bare  supervised, finetune
+                state dict, e.g. model.safetensors): cls token, `norm`, `head`
+
+Any of them may be a torch file or a safetensors file (a flat state dict). Everything
+loads with `weights_only=True`; detection needs only the key names.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vitlandscape.storage import checkpoints
+from vitlandscape.storage.checkpoints import CheckpointError
+
+FORMATS = ("vitlandscape", "mae_pretrain", "rcmae_release", "mae_encoder", "mae_finetuned", "mae_linprobe",
+           "timm_vit")
+WITH_DECODER = ("mae_pretrain", "rcmae_release")
+WITH_ENCODER = WITH_DECODER + ("mae_encoder",)
+# Classifier layouts: how the head reads the encoder's tokens.
+POOLING = {"mae_finetuned": "avg", "mae_linprobe": "probe", "timm_vit": "token"}
+# Formats an objective's model may come from (besides our own checkpoints of the right kind).
+SERVES = {"pretext": WITH_DECODER, "probe": ("mae_linprobe",), "finetune": ("mae_finetuned", "timm_vit"),
+          "supervised": ("timm_vit", "mae_finetuned")}
+DECODER_FILES = ("mae_visualize_vit_{base,large,huge}.pth (pixel targets) or "
+                 "mae_pretrain_vit_{base,large,huge}_full.pth (norm-pix targets), or an RC-MAE release checkpoint")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    format: str
+    container: str  # torch | safetensors
+    state: dict = field(repr=False)  # the model weights, without a `module.` prefix
+    meta: dict = field(default_factory=dict, repr=False)  # the file's other entries
+
+    @property
+    def label(self) -> str:
+        """How messages name it, e.g. 'timm_vit format, safetensors file'."""
+        return f"{self.format} format, {self.container} file"
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte header length and then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read(path: Path, trusted: bool) -> tuple[dict, str]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(path), "safetensors"
+        except SafetensorError as err:
+            raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {err}") from err
+    return checkpoints.load(path, trusted=trusted), "torch"
+
+
+def _strip(state: dict) -> dict:
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def layout(state: dict) -> str | None:
+    """The format a (prefix-free) state dict has, from its key names; None if none fits."""
+    keys = set(state)
+    if "decoder_embed.weight" in keys:
+        return "mae_pretrain"
+    if "blocks.0.attn.qkv.weight" not in keys or "patch_embed.proj.weight" not in keys:
+        return None
+    if {"head.0.running_mean", "head.1.weight"} <= keys:
+        return "mae_linprobe"
+    if {"fc_norm.weight", "head.weight"} <= keys:
+        return "mae_finetuned"
+    if {"norm.weight", "head.weight"} <= keys:
+        return "timm_vit"
+    if "norm.weight" in keys and not any(k.startswith("head") for k in keys):
+        return "mae_encoder"
+    return None
+
+
+def _unrecognised(path, ckpt: dict, state: dict | None) -> CheckpointError:
+    top = ", ".join(map(str, list(ckpt)[:12])) + (", ..." if len(ckpt) > 12 else "")
+    names = ", ".join(list(state)[:8]) if state else "none"
+    return CheckpointError(
+        f"checkpoint {path} is in no supported format (top-level keys: {top}; parameter names: {names}). "
+        f"Supported: {', '.join(FORMATS)} (see workflow/vitlandscape/storage/formats.py and config/README.md)")
+
+
+def read(path, prefer: str = "teacher", trusted: bool = False) -> Checkpoint:
+    """Load a checkpoint file and recognise its format (`checkpoint_header.read` does so without
+    reading the tensors).
+
+    `prefer` picks `teacher` or `student` from an RC-MAE release checkpoint (and from
+    ours when it holds both without a `model` entry); `trusted`: see `checkpoints.load`.
+    """
+    path = Path(path)
+    ckpt, container = _read(path, trusted)
+    return recognise(ckpt, path, container, prefer)
+
+
+def recognise(ckpt: dict, path, container: str = "torch", prefer: str = "teacher") -> Checkpoint:
+    """The format of a loaded checkpoint dict (`path` names it in messages)."""
+    path = Path(path)
+    if "kind" in ckpt and _is_state_dict(ckpt.get("model")):
+        meta = {k: v for k, v in ckpt.items() if k != "model"}
+        return Checkpoint(path, "vitlandscape", container, _strip(ckpt["model"]), meta)
+    if "student" in ckpt and "teacher" in ckpt:
+        if prefer not in ("teacher", "student"):
+            raise ValueError(f"prefer must be 'teacher' or 'student', got {prefer!r}")
+        state = _strip(ckpt[prefer])
+        if layout(state) != "mae_pretrain":
+            raise _unrecognised(path, ckpt, state)
+        return Checkpoint(path, "rcmae_release", container, state, {"weights": prefer})
+    if _is_state_dict(ckpt.get("model")):
+        state, meta = _strip(ckpt["model"]), {k: v for k, v in ckpt.items() if k != "model"}
+    elif _is_state_dict(ckpt):
+        state, meta = _strip(ckpt), {}
+    else:
+        raise _unrecognised(path, ckpt, None)
+    found = layout(state)
+    if found is None:
+        raise _unrecognised(path, ckpt, state)
+    return Checkpoint(path, found, container, state, meta)
+
+
+def serves(ckpt: Checkpoint, objective: str) -> bool:
+    """Whether the checkpoint holds the model an objective is measured on."""
+    if ckpt.format == "vitlandscape":
+        kind, head = ckpt.meta.get("kind"), ckpt.meta.get("head")
+        if objective == "pretext":
+            return kind == "mae"
+        return kind == "classifier" and head == objective
+    return ckpt.format in SERVES[objective]
+
+
+def require(ckpt: Checkpoint, objective: str) -> None:
+    """Raise a CheckpointError saying why the checkpoint cannot serve the objective."""
+    if serves(ckpt, objective):
+        return
+    if objective == "pretext" and ckpt.format == "mae_encoder":
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is an MAE encoder without its decoder (mae_encoder): the pretext loss "
+            f"needs the decoder. Use {DECODER_FILES}; the encoder-only file serves probing and fine-tuning")
+    what = ckpt.format
+    if ckpt.format == "vitlandscape":
+        what = f"vitlandscape {ckpt.meta.get('kind')}" + (f" ({ckpt.meta['head']})" if "head" in ckpt.meta else "")
+    raise CheckpointError(f"checkpoint {ckpt.path} is a {what} checkpoint, which cannot serve the "
+                          f"{objective} objective (that needs {', '.join(SERVES[objective])} or this "
+                          f"workflow's own {objective} checkpoint)")
+
+
+def encoder_source(ckpt: Checkpoint) -> dict:
+    """The MAE encoder weights of a pretrained checkpoint (probe and fine-tune training)."""
+    if ckpt.format in WITH_ENCODER or (ckpt.format == "vitlandscape" and ckpt.meta.get("kind") == "mae"):
+        return ckpt.state
+    raise CheckpointError(f"checkpoint {ckpt.path} ({ckpt.label}) holds no pretrained MAE encoder; "
+                          f"probing and fine-tuning start from {', '.join(WITH_ENCODER)} or this workflow's "
+                          f"pretrain.pt")
+
+
+def args_norm_pix_loss(ckpt: Checkpoint):
+    """`norm_pix_loss` as recorded by the checkpoint (official `args`, or ours), else None."""
+    if "norm_pix_loss" in ckpt.meta:
+        return bool(ckpt.meta["norm_pix_loss"])
+    args = ckpt.meta.get("args")
+    return getattr(args, "norm_pix_loss", None) if args is not None else None
