@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast test-other-bits mutation report slurm-profile clean
+.PHONY: setup run lint test test-fast test-other-bits mutation report slurm-profile clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,12 @@ $(VENV)/.installed: requirements.txt
 run: setup
 	snakemake --cores $(CORES)
 
-test: setup
+# Lint first (seconds): ruff with ruff.toml's rules, and Snakemake's own lint of the rules.
+lint: setup
+	ruff check workflow tests
+	snakemake --lint
+
+test: setup lint
 	pytest -m "e2e or not e2e"
 
 test-fast: setup

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import timm.data.auto_augment as timm_aa
 import torch
 from PIL import Image
-import timm.data.auto_augment as timm_aa
 
 from vitlandscape.augment import crop, erasing, randaugment
 
@@ -306,7 +306,7 @@ def test_random_erasing_erases_one_rectangle_in_a_fraction_prob_of_images():
     rectangles = changed_rectangles(out, x)
     erased = [r for r in rectangles if r is not None]
     assert abs(len(erased) / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
-    for top, left, h, w in erased:
+    for _top, _left, h, w in erased:
         assert h < size and w < size  # timm's attempts need the rectangle strictly smaller
         # area fraction in [0.02, 1/3] and aspect in [0.3, 1/0.3], up to rounding h and w
         assert (h - 0.5) * (w - 0.5) <= size * size / 3 and (h + 0.5) * (w + 0.5) >= 0.02 * size * size

@@ -12,12 +12,12 @@ import torch
 import yaml
 from loss_landscapes.metrics import Metric
 
+from conftest import ROOT, model_settings, planned_jobs
 from vitlandscape import cli
 from vitlandscape.data import prepare
 from vitlandscape.landscape import bench
 from vitlandscape.models.arch import build_mae
 from vitlandscape.train import stages
-from conftest import ROOT, model_settings, planned_jobs
 
 GRID = 3  # alphas = betas = (-1, 0, 1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import model_settings
 from vitlandscape.data import prepare
 from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
@@ -14,7 +15,6 @@ from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, outputs
 from vitlandscape.storage.checkpoints import CheckpointError
 from vitlandscape.train import stages
-from conftest import model_settings
 
 
 def load_mae(path, model_cfg: dict) -> torch.nn.Module:

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from vitlandscape import configcheck
 from conftest import ROOT, validated
+from vitlandscape import configcheck
 
 
 def test_default_config_is_valid_and_defaults_are_filled(default_config):

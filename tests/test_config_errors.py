@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import ROOT, TINY_ARCH, validated
 from vitlandscape import configcheck, schemaerrors
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, encoder_state
 from vitlandscape.storage import checkpoint_header
 from vitlandscape.storage.checkpoints import CheckpointError
-from conftest import ROOT, TINY_ARCH, validated
 
 SCHEMA = ROOT / "config" / "schema.yaml"
 SUP_ARCH = {k: TINY_ARCH[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")}

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_ARCH
 from vitlandscape.landscape import directions
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
-from conftest import TINY_ARCH
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.text import Text
 
-from vitlandscape.figures import interactive, stages, surfaces as figures_surfaces
+from vitlandscape.figures import interactive, stages
+from vitlandscape.figures import surfaces as figures_surfaces
 
 ALPHA = np.linspace(-1, 1, 9)
 BETA = np.linspace(-0.5, 1, 7)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from conftest import TINY_ARCH, model_settings, validated
 from vitlandscape import configcheck
 from vitlandscape.data import prepare
 from vitlandscape.landscape import objectives
@@ -23,7 +24,6 @@ from vitlandscape.models.classifier import encoder_state
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.checkpoints import CheckpointError
 from vitlandscape.train import stages
-from conftest import TINY_ARCH, model_settings, validated
 
 CLASSES = 5
 IMAGES = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))

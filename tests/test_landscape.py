@@ -7,13 +7,14 @@ import pytest
 import torch
 import xarray as xr
 
+import reference
+from conftest import model_settings
 from vitlandscape.data import prepare
-from vitlandscape.landscape import directions, grid, stages as landscape_stages, tiles
+from vitlandscape.landscape import directions, grid, tiles
+from vitlandscape.landscape import stages as landscape_stages
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage.outputs import sha256
 from vitlandscape.train import stages as train_stages
-from conftest import model_settings
-import reference
 
 ALPHA, BETA = [-1.0, 1.0, 5], [-0.5, 1.0, 7]  # non-square; both contain 0
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import reference
+from conftest import TINY_ARCH
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.posembed import sincos_2d
-from conftest import TINY_ARCH
 
 
 def official_base_layout() -> dict:

@@ -1,10 +1,10 @@
 """Masks: the official rule, and evaluation masks fixed per image."""
 import torch
 
-from vitlandscape.models.arch import build_mae
-from vitlandscape.models.masking import eval_noise, num_kept, random_masking
 from conftest import TINY_ARCH
 from reference import kept_patches
+from vitlandscape.models.arch import build_mae
+from vitlandscape.models.masking import eval_noise, num_kept, random_masking
 
 
 def test_kept_count_and_lowest_noise_rule():

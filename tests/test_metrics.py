@@ -12,7 +12,8 @@ import xarray as xr
 import reference
 from conftest import model_settings
 from vitlandscape.data import prepare
-from vitlandscape.metrics import stages as metrics_stages, tables
+from vitlandscape.metrics import stages as metrics_stages
+from vitlandscape.metrics import tables
 from vitlandscape.models.arch import build_mae
 
 MICRO = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 2,
@@ -61,7 +62,7 @@ def reference_hessian(root, settings, checkpoint=None):
 
 def test_hessian_stage_matches_the_dense_reference_hessian(micro, tmp_path):
     root, settings = micro
-    found = metrics_stages.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "hessian.json")
+    metrics_stages.hessian_metrics(settings, root / "data.pt", root / "mae.pth", tmp_path / "hessian.json")
     written = json.loads((tmp_path / "hessian.json").read_text())
     centre, dense = reference_hessian(root, settings)
     exact = np.linalg.eigvalsh(dense)
@@ -122,7 +123,8 @@ def test_tables_from_surfaces(tmp_path):
 def test_ratio_map_measures_the_hessian_at_the_moved_weights(micro, tmp_path):
     """At theta + 0.5 dx the map's lambda_max, lambda_min and ratio are those of the dense
     reference Hessian of the weights moved there by hand."""
-    from vitlandscape.landscape import directions, stages as landscape_stages
+    from vitlandscape.landscape import directions
+    from vitlandscape.landscape import stages as landscape_stages
     root, settings = micro
     ls = {**settings["landscape"], "direction_seed": 0, "normalization": "filter", "perturb_1d": False,
           "perturb_frozen": False, "orthogonal": False}

@@ -9,7 +9,8 @@ import pyvista as pv
 import torch
 import xarray as xr
 
-from vitlandscape.figures import interactive, stages as figures_stages, surfaces
+from vitlandscape.figures import interactive, surfaces
+from vitlandscape.figures import stages as figures_stages
 from vitlandscape.landscape import grid, tiles
 from vitlandscape.metrics import basins, flatness, tables
 from vitlandscape.storage.outputs import sha256, write_netcdf

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reference
+from conftest import TINY_ARCH, model_settings
 from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.masking import eval_noise
-from conftest import TINY_ARCH, model_settings
-import reference
 
 N = 40
 

@@ -5,9 +5,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from conftest import TINY_ARCH
 from vitlandscape.models.arch import build_mae
 from vitlandscape.train.optim import Lars, make_optimizer, param_groups
-from conftest import TINY_ARCH
 
 # ---------------------------------------------------------------- LARS
 

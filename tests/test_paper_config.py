@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import ROOT, planned_jobs
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, encoder_state
-from conftest import ROOT, planned_jobs
 
 pytestmark = pytest.mark.subprocess
 

@@ -8,12 +8,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import ROOT, TINY_ARCH, model_settings, validated
 from vitlandscape import plan
 from vitlandscape.data import prepare
 from vitlandscape.landscape import throughput
 from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
-from conftest import ROOT, TINY_ARCH, model_settings, validated
 
 
 def counted_flops(model, *inputs) -> int:

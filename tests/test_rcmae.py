@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import reference
+from conftest import TINY_ARCH
 from vitlandscape.models.arch import build_mae
 from vitlandscape.train import rcmae
-from conftest import TINY_ARCH
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ROOT, TINY_ARCH, model_settings, validated
 from vitlandscape import configcheck
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.train import loops, optim, recipes, stages
-from conftest import ROOT, TINY_ARCH, model_settings, validated
 
 
 def _resolved(method, stage, arch=None, **given):

@@ -18,10 +18,10 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import ROOT, validated
 from vitlandscape import cli, configcheck, devices
 from vitlandscape.landscape import tiles
 from vitlandscape.storage import checkpoints, outputs
-from conftest import ROOT, validated
 
 
 @pytest.fixture

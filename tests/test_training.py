@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from conftest import make_image_folder, model_settings
 from vitlandscape.data import prepare
 from vitlandscape.models.arch import build_mae
 from vitlandscape.train import optim, stages
-from conftest import make_image_folder, model_settings
 
 
 def _same(a: dict, b: dict) -> bool:

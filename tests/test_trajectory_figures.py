@@ -6,8 +6,8 @@ import xarray as xr
 from matplotlib.colors import LogNorm
 from matplotlib.contour import ContourSet
 from matplotlib.patches import FancyArrowPatch
-
 from test_figures import text_overlaps
+
 from vitlandscape.figures import surfaces, trajectories
 from vitlandscape.metrics.curves import smoothed
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import model_settings
-from vitlandscape.landscape import directions, stages as landscape_stages
+from vitlandscape.landscape import directions
+from vitlandscape.landscape import stages as landscape_stages
 from vitlandscape.models.arch import build_mae
 from vitlandscape.storage import snapshots
 from vitlandscape.train import stages as train_stages

@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-from vitlandscape.models.arch import build_mae
 from conftest import ROOT, planned_jobs, snakemake
+from vitlandscape.models.arch import build_mae
 
 pytestmark = pytest.mark.subprocess
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-BLOCK = re.compile(r"(<!-- quoted from results/: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end of (?P=name) -->)",
-                   re.S)
+BLOCK = re.compile(r"(<!-- (?:quoted from results/|written from the code): (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+                   r"(<!-- end of (?P=name) -->)", re.S)
+LIBRARY = Path(__file__).resolve().parents[1] / "vitlandscape"
 NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "sup": "supervised ViT"}
 
 
@@ -115,7 +116,31 @@ def trajectory(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-QUOTES = {"accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
+# each subpackage's job, for the README's "Where the code is"
+ROLES = {".": "entry and config: the command line, config checks, code hashes, the planner, warm start, devices, "
+              "test hooks",
+         "data": "data sets: preparation, the evaluation subset, streamed image folders",
+         "augment": "training augmentations on a batch's tensors, one kind per module",
+         "models": "MAE and classifier ViTs, position embeddings, masking",
+         "train": "training stages, loops, recipes, optimisers, the RC-MAE step, recording",
+         "landscape": "objectives, directions, grid and tiles, the grid engine, trajectory planes, benchmarks",
+         "metrics": "Hessian, flatness, basins, findings, accuracy and convergence tables",
+         "figures": "surface, comparison, trajectory and interactive figures",
+         "storage": "result files, checkpoints and their release formats, snapshots"}
+
+
+def code_tree(_results: Path) -> str:
+    """Lines and modules of each subpackage of the library (the code, not a run)."""
+    rows = []
+    for package, role in ROLES.items():
+        modules = sorted((LIBRARY / package).glob("*.py"))
+        lines = sum(len(m.read_text().splitlines()) for m in modules)
+        names = ", ".join(m.stem for m in modules if m.stem != "__init__")
+        rows.append([f"`{package}/`" if package != "." else "top level", str(lines), role, names])
+    return _table(["package", "lines", "what", "modules"], rows)
+
+
+QUOTES = {"code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
 # docs/ figure -> (the run's figure, width in pixels)
 FIGURES = {"docs/mae_vs_supervised.png": ("figures/compare/mae_vs_supervised_compare.png", 738),
            "docs/mae_vs_rcmae_trajectory.png": ("figures/trajectories/mae_vs_rcmae/pretrain_path.png", 960)}

@@ -13,7 +13,6 @@ import torch
 
 from vitlandscape.augment.common import F64, check_generator, first_valid, offsets, uniform
 
-
 # ---------------------------------------------------------------- random resized crop
 
 def crop_boxes(batch: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,

@@ -5,7 +5,6 @@ import torch
 
 from vitlandscape.augment.common import F64, check_generator, first_valid, offsets, uniform
 
-
 # ---------------------------------------------------------------- random erasing
 
 def erasing_boxes(batch: int, height: int, width: int, prob: float = 0.25, min_area: float = 0.02,

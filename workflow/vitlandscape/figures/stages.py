@@ -5,7 +5,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from vitlandscape.figures import interactive, surfaces as figures_surfaces
+from vitlandscape.figures import interactive
+from vitlandscape.figures import surfaces as figures_surfaces
 
 
 def open_surface(path) -> xr.Dataset:

@@ -16,11 +16,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from vitlandscape.metrics.curves import check_curve, smoothed
 from vitlandscape.figures.surfaces import (
-    _colorbar, _column_title, _common_and_own, _draw_contour, _new_figure, _suptitle, _wrap, colour_scale, describe,
-    display_values, plot_grid, resolve_settings, value_label,
+    _colorbar,
+    _column_title,
+    _common_and_own,
+    _draw_contour,
+    _new_figure,
+    _suptitle,
+    _wrap,
+    colour_scale,
+    describe,
+    display_values,
+    plot_grid,
+    resolve_settings,
+    value_label,
 )
+from vitlandscape.metrics.curves import check_curve, smoothed
 
 SNAPSHOT_STYLE = {"linestyle": "none", "marker": "o", "markersize": 4, "markerfacecolor": "white",
                   "markeredgecolor": "black", "markeredgewidth": 0.8, "zorder": 4}

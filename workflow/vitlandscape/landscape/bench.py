@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Normalize
 
 from vitlandscape import devices
-from vitlandscape.data import common, prepare as data_prepare
+from vitlandscape.data import common
+from vitlandscape.data import prepare as data_prepare
 from vitlandscape.landscape import directions, objectives, surface
 from vitlandscape.models.masking import eval_noise
 

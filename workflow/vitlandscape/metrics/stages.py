@@ -9,7 +9,6 @@ its own `metrics` section (`hessian` or `flatness`), as the rules pass them.
 import time
 
 import numpy as np
-import torch
 import xarray as xr
 
 from vitlandscape import devices

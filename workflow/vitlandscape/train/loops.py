@@ -14,7 +14,8 @@ from vitlandscape import devices, faults, progress
 from vitlandscape.data import prepare
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.train import optim
-from vitlandscape.train.rcmae import ema_momentum, ema_update, step_losses as rcmae_step_losses
+from vitlandscape.train.rcmae import ema_momentum, ema_update
+from vitlandscape.train.rcmae import step_losses as rcmae_step_losses
 
 
 def learning_rate(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:

@@ -13,7 +13,6 @@ from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import sha256, write_json
 from vitlandscape.train import loops, recipes
 
-
 # Batch size of accuracy and feature passes (no gradients).
 EVAL_BATCH = 512
 
