@@ -12,10 +12,10 @@ import torch
 import yaml
 from loss_landscapes.metrics import Metric
 
-from conftest import ROOT, model_settings, planned_jobs
+from conftest import ROOT, model_settings, planned_jobs, validated
 from vitlandscape import cli
 from vitlandscape.data import prepare
-from vitlandscape.landscape import bench
+from vitlandscape.landscape import bench, bench_cases
 from vitlandscape.models.arch import build_mae
 from vitlandscape.train import stages
 
@@ -144,9 +144,9 @@ def test_package_points_are_placed_on_our_grid_as_its_walk_visits_them(n):
 
 
 def test_default_surfaces_are_the_first_pretext_and_the_first_supervised_loss(default_config):
-    assert cli.bench_surfaces(default_config["models"]) == ["mae/pretext", "sup/supervised"]
+    assert bench_cases.default_surfaces(default_config["models"]) == ["mae/pretext", "sup/supervised"]
     without_supervised = {k: v for k, v in default_config["models"].items() if k != "sup"}
-    assert cli.bench_surfaces(without_supervised) == ["mae/pretext", "mae/probe"]
+    assert bench_cases.default_surfaces(without_supervised) == ["mae/pretext", "mae/probe"]
 
 
 @pytest.mark.subprocess
@@ -164,3 +164,18 @@ def test_the_ceiling_passes_over_the_evaluation_set_once_per_grid_point():
     objective = types.SimpleNamespace(evaluate=lambda: passes.append(1))
     bench.ceiling(types.SimpleNamespace(objective=objective, alphas=np.zeros(3), betas=np.zeros(4)))
     assert len(passes) == 12
+
+
+def test_bench_cases_name_the_checkpoints_the_workflow_measures(default_config):
+    """Trained checkpoints where the config gives none, the given one where it does; an unknown
+    surface is refused naming those the config has."""
+    config = validated(default_config)  # defaults filled, as the workflow's config
+    models = config["models"]
+    cases = bench_cases.cases(config, ["mae/probe", "sup/supervised"])
+    assert [c["checkpoint"] for c in cases] == ["results/checkpoints/mae/probe.pt", "results/checkpoints/sup/pretrain.pt"]
+    assert cases[0]["data"] == "results/data/digits.pt" and cases[0]["model"] is models["mae"]
+    given = {**config, "models": {**models, "mae": {**models["mae"], "probe": {**models["mae"]["probe"],
+                                                                                      "checkpoint": "mine.pt"}}}}
+    assert bench_cases.cases(given, ["mae/probe"])[0]["checkpoint"] == "mine.pt"
+    with pytest.raises(ValueError, match="has no surface mae/finetune2; it has mae/pretext"):
+        bench_cases.cases(config, ["mae/finetune2"])

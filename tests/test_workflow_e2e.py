@@ -313,7 +313,9 @@ MODULE_STAGES = {
     # helpers), the cost planner (and its throughput measurement) and the benchmark compute no result
     "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(),
     "schemaerrors.py": set(), "plan.py": set(), "storage/checkpoint_header.py": set(),
-    "landscape/throughput.py": set(), "landscape/bench.py": set(),
+    "landscape/throughput.py": set(), "landscape/bench.py": set(), "landscape/bench_cases.py": set(),
+    # where results go: the rules read it when Snakemake parses them (outputs, not params)
+    "paths.py": set(),
     # how jobs start (forked from a warm server) changes no result
     "warmstart.py": set(),
 }

@@ -1,9 +1,9 @@
 # Speed of the grid engine against its forward ceiling, loss-landscapes and a Li et al. loop,
 # on one grid of a finished run's first pretext and first supervised surface. Not part of
 # `all`: ask for it (`snakemake --cores 2 bench`; `--set-threads bench=2` for 2 torch threads).
-from vitlandscape.cli import bench_surfaces  # noqa: E402
+from vitlandscape.landscape.bench_cases import default_surfaces  # noqa: E402
 
-BENCH_SURFACES = bench_surfaces(MODELS)
+BENCH_SURFACES = default_surfaces(MODELS)
 
 
 rule bench:

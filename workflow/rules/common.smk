@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import codehash, configcheck, warmstart  # noqa: E402
+from vitlandscape import codehash, configcheck, paths, warmstart  # noqa: E402
 from vitlandscape.landscape import grid  # noqa: E402
 
 # Every job runs the library from this checkout through the shell function `vitlandscape`
@@ -55,7 +55,7 @@ def stop_warm_server():
 
 MODELS = config["models"]
 DATASET = config["data"]["dataset"]
-DATA_FILE = f"results/data/{DATASET}.pt"
+DATA_FILE = paths.data_file(DATASET)
 # How many processes decode images changes how fast, not what, a job computes: the training
 # rules take it as a resource (not a rerun trigger, unlike params).
 DATA_SETTINGS = {k: v for k, v in config["data"].items() if k != "workers"}
@@ -113,7 +113,7 @@ def stage_settings(name, stage):
 
 def pretrained_path(name):
     """The model's pretrained checkpoint: given in the config, or trained by the workflow."""
-    return MODELS[name]["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
+    return MODELS[name]["checkpoint"] or paths.trained_checkpoint(name, "pretrain")
 
 
 def pretrained(wildcards):
@@ -132,9 +132,7 @@ def given_checkpoint(wildcards):
 
 def objective_checkpoint_path(name, objective):
     """The trained weights an objective is measured on: given in the config, or trained."""
-    if objective in ("pretext", "supervised"):
-        return pretrained_path(name)
-    return given_checkpoint_path(name, objective) or f"results/checkpoints/{name}/{objective}.pt"
+    return paths.objective_checkpoint(name, MODELS[name], objective)
 
 
 def objective_checkpoint(wildcards):
@@ -206,7 +204,7 @@ def interpolation_checkpoints(w):
 
 
 def trajectory_checkpoint(name, stage):
-    return f"results/checkpoints/{name}/{stage}.pt"
+    return paths.trained_checkpoint(name, stage)
 
 
 def trajectory_inputs(w):
@@ -279,7 +277,7 @@ def trained_supervised():
 
 
 def accuracy_inputs():
-    return accuracy_metrics() + [f"results/checkpoints/{n}/pretrain.pt" for n in trained_supervised()]
+    return accuracy_metrics() + [paths.trained_checkpoint(n, "pretrain") for n in trained_supervised()]
 
 
 def figure_prefix(wildcards, output):

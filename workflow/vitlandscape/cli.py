@@ -402,46 +402,17 @@ def _write_config(config: dict, out) -> None:
     print(f"wrote {out}")
 
 
-def checkpoint_of(name: str, m: dict, objective: str) -> str:
-    """The trained weights a surface is measured on, as the workflow finds them."""
-    if objective in ("pretext", "supervised"):
-        return m["checkpoint"] or f"results/checkpoints/{name}/pretrain.pt"
-    return m[objective].get("checkpoint") or f"results/checkpoints/{name}/{objective}.pt"
-
-
-def surfaces_of(models: dict) -> list[str]:
-    """Every surface of the config's models, as MODEL/OBJECTIVE."""
-    from vitlandscape import configcheck
-    return [f"{name}/{objective}" for name, m in models.items() for objective in configcheck.objectives(m)]
-
-
-def bench_surfaces(models: dict) -> list[str]:
-    """The bench's default surfaces: the first pretext loss and the first supervised ViT's
-    loss, else the first other classification loss (mae/pretext and sup/supervised in the
-    embedded default)."""
-    surfaces = surfaces_of(models)
-    pretext = [s for s in surfaces if s.endswith("/pretext")]
-    labelled = sorted((s for s in surfaces if not s.endswith("/pretext")), key=lambda s: not s.endswith("/supervised"))
-    return pretext[:1] + labelled[:1]
-
-
 def _bench_compare(args) -> None:
     """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
     import yaml
 
-    from vitlandscape.landscape import bench
+    from vitlandscape.landscape import bench, bench_cases
     from vitlandscape.storage import outputs
     config = yaml.safe_load(Path(args.config).read_text())
-    models = config["models"]
-    known = surfaces_of(models)
-    data_path = args.data or f"results/data/{config['data']['dataset']}.pt"
-    cases = []
-    for surface in args.surfaces or bench_surfaces(models):
-        if surface not in known:
-            raise SystemExit(f"bench: {args.config} has no surface {surface}; it has {', '.join(known)}")
-        name, objective = surface.split("/")
-        cases.append({"surface": surface, "model": models[name], "objective": objective, "data": data_path,
-                      "checkpoint": checkpoint_of(name, models[name], objective), "landscape": config["landscape"]})
+    try:
+        cases = bench_cases.cases(config, args.surfaces, args.data)
+    except ValueError as err:
+        raise SystemExit(f"bench: {args.config} {err}") from None
     result = bench.compare(cases, args.grid, args.threads, args.device, args.repeats)
     outputs.write_json(result, args.out)
     print(bench.table(result))

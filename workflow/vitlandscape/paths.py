@@ -1,0 +1,23 @@
+"""Where a run keeps its data and checkpoints: the paths the library and the rules
+(common.smk, through this module) both name, in one place. Imports nothing heavy."""
+
+DATA = "results/data/{dataset}.pt"
+CHECKPOINT = "results/checkpoints/{model}/{stage}.pt"  # stage: pretrain, probe, finetune
+
+
+def data_file(dataset: str) -> str:
+    """The prepared data set (prepare_data's output)."""
+    return DATA.format(dataset=dataset)
+
+
+def trained_checkpoint(model: str, stage: str) -> str:
+    """The checkpoint the workflow trains for a model's stage."""
+    return CHECKPOINT.format(model=model, stage=stage)
+
+
+def objective_checkpoint(model: str, settings: dict, objective: str) -> str:
+    """The trained weights an objective is measured on: given in the model's `settings`
+    (`checkpoint`, `probe.checkpoint`, `finetune.checkpoint`), else trained by the workflow."""
+    if objective in ("pretext", "supervised"):
+        return settings["checkpoint"] or trained_checkpoint(model, "pretrain")
+    return settings[objective].get("checkpoint") or trained_checkpoint(model, objective)
