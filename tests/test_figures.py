@@ -314,18 +314,18 @@ def test_settings_take_figure_keys_of_the_config_section_over_defaults():
     assert figures_surfaces.resolve_settings(None) == figures_surfaces.DEFAULTS
 
 
-def test_basin_area_fraction_matches_hand_count():
+def test_share_below_level_counts_every_point_under_the_level():
     a, b = np.meshgrid(ALPHA, BETA, indexing="ij")
     ds = xr.Dataset({"loss": (("alpha", "beta"), 2 + a**2 + b**2)}, coords={"alpha": ALPHA, "beta": BETA})
     # a^2 + b^2 <= 0.3: alpha 0 with |beta| <= 0.5 (5), alpha +-0.25 with |beta| <= 0.25 (2 x 3),
     # alpha +-0.5 with beta 0 (2): 13 of 63 points.
-    assert figures_surfaces.basin_area_fraction(ds, 0.3) == pytest.approx(13 / 63)
+    assert figures_surfaces.share_below_level(ds, 0.3) == pytest.approx(13 / 63)
     ds["loss"][5, 2] = np.nan  # alpha 0.25, beta 0: inside, but NaN counts as outside
     ds["loss"][0, 6] = -np.inf
-    assert figures_surfaces.basin_area_fraction(ds, 0.3) == pytest.approx(12 / 63)
+    assert figures_surfaces.share_below_level(ds, 0.3) == pytest.approx(12 / 63)
     ds["loss"][4, 2] = np.inf
     with pytest.raises(ValueError, match="centre"):
-        figures_surfaces.basin_area_fraction(ds, 0.3)
+        figures_surfaces.share_below_level(ds, 0.3)
 
 
 def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
@@ -335,7 +335,7 @@ def test_basin_overlay_draws_each_level_set_with_its_area_in_the_legend():
     levels = [list(c.levels) for c in ax.collections]
     assert levels == [[figures_surfaces.centre_loss(ds) + 0.5] for _, ds in entries]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    fractions = [figures_surfaces.basin_area_fraction(ds, 0.5) for _, ds in entries]
+    fractions = [figures_surfaces.share_below_level(ds, 0.5) for _, ds in entries]
     assert labels == [f"wide: {fractions[0]:.1%} of grid", f"sharp: {fractions[1]:.1%} of grid"]
     assert fractions[0] > fractions[1] > 0
 

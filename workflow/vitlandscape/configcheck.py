@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vitlandscape import schemaerrors
 from vitlandscape.metrics import findings
-from vitlandscape.models.arch import DECODER_KEYS, PRESETS
+from vitlandscape.models.arch import DECODER_KEYS, PRESETS, dimensions
 from vitlandscape.train import recipes
 
 OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
@@ -41,13 +41,9 @@ def stage_objective(model_cfg: dict, stage: str) -> str:
     return stage
 
 
-def arch_dims(arch) -> dict:
-    return PRESETS[arch] if isinstance(arch, str) else arch
-
-
 def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     key = f"models.{name}"
-    dims = arch_dims(m["arch"])
+    dims = dimensions(m["arch"])
     out = []
     if dims["img_size"] != image_size:
         out.append(f"{key}.arch.img_size is {dims['img_size']} but data.image_size is {image_size}")
@@ -131,7 +127,7 @@ def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[
     from vitlandscape.storage import checkpoint_header
     from vitlandscape.storage.checkpoints import CheckpointError, check_keys
 
-    wanted, found = arch_dims(m["arch"]), checkpoint_header.dims(ckpt.state)
+    wanted, found = dimensions(m["arch"]), checkpoint_header.dims(ckpt.state)
     differ = [f"{key}.arch.{k}: {wanted[k]} does not match checkpoint {ckpt.path} ({key}.{name}); expected {v}, "
               f"as in the checkpoint"
               for k, v in found.items() if k in wanted and wanted[k] != v
@@ -163,7 +159,7 @@ def _interpolation_problems(i: int, spec: dict, models: dict) -> list[str]:
             out.append(f"{key}.{end}: {name!r} is not a model of this config (models: {', '.join(models)})")
         elif spec["objective"] not in ALLOWED[models[name]["method"]]:
             out.append(f"{key}.objective: {spec['objective']} not available for model {name}")
-    if not out and arch_dims(models[spec["start"]]["arch"]) != arch_dims(models[spec["end"]]["arch"]):
+    if not out and dimensions(models[spec["start"]]["arch"]) != dimensions(models[spec["end"]]["arch"]):
         out.append(f"{key}: {spec['start']} and {spec['end']} have different architectures")
     return out
 

@@ -54,8 +54,8 @@ def comparison_figures(settings: dict, surface_paths, labels, prefix, title=None
     written += figures_surfaces.plot_basin_overlay(entries, prefix, settings)
     delta = figures_surfaces.resolve_settings(settings)["basin_delta"]
     for label, ds in entries:
-        print(f"{label}: basin area fraction (loss <= centre + {delta}) = "
-              f"{figures_surfaces.basin_area_fraction(ds, delta):.3f}")
+        print(f"{label}: share of the grid with loss <= centre + {delta} = "
+              f"{figures_surfaces.share_below_level(ds, delta):.3f}")
     return printed(written)
 
 

@@ -173,8 +173,10 @@ def centre_loss(ds: xr.Dataset) -> float:
     return value
 
 
-def basin_area_fraction(ds: xr.Dataset, delta: float) -> float:
-    """Fraction of grid points with loss <= centre loss + delta (non-finite: outside)."""
+def share_below_level(ds: xr.Dataset, delta: float) -> float:
+    """Share of all grid points with loss <= centre loss + delta (non-finite: outside), connected to
+    the centre or not: what the basin overlay's legend reports. metrics/basins.py's `basin` is the
+    connected region around the centre only."""
     loss = ds["loss"].values
     inside = np.isfinite(loss) & (loss <= centre_loss(ds) + delta)
     return float(inside.mean())
@@ -470,7 +472,7 @@ def make_basin_figure(entries: list[tuple[str, xr.Dataset]], settings: dict | No
         Z = _basin_grid(ds, level)
         if (Z > level).any():  # otherwise the whole grid is inside: no boundary to draw
             ax.contour(X, Y, Z, levels=[level], colors=f"C{k}", linestyles=linestyle, linewidths=1.8)
-        fraction = basin_area_fraction(ds, delta)
+        fraction = share_below_level(ds, delta)
         handles.append(Line2D([], [], color=f"C{k}", linestyle=linestyle, linewidth=1.8,
                               label=f"{label}: {fraction:.1%} of grid"))
     _mark_centre(ax, entries[0][1])

@@ -22,6 +22,12 @@ PRESETS = {
 }
 
 
+def dimensions(arch) -> dict:
+    """A preset's dimensions, or the dict given, as it is (not checked or completed: the config
+    checks compare what a config says with a checkpoint's shapes)."""
+    return PRESETS[arch] if isinstance(arch, str) else arch
+
+
 def resolve_arch(arch, with_decoder: bool) -> dict:
     """A preset name or a dict of dimensions -> a complete dict of dimensions.
 
