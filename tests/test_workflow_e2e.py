@@ -368,11 +368,12 @@ def test_numbers_quoted_from_the_default_run_are_this_runs(workflow_run, tmp_pat
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, "quoted numbers differ from a fresh default run:\n" + check.stdout + check.stderr
     # and a number off by one digit inside a block is caught
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- quoted from results/: convergence -->")
-    digit = start + re.search(r"step (\d)", readme[start:]).start(1)  # a step the table quotes
-    stale = tmp_path / "README.md"
-    stale.write_text(readme[:digit] + str((int(readme[digit]) + 1) % 10) + readme[digit + 1:])
+    marker = "<!-- quoted from results/: convergence -->"
+    text = next(t for t in (p.read_text() for p in documents) if marker in t)
+    start = text.index(marker)
+    digit = start + re.search(r"step (\d)", text[start:]).start(1)  # a step the table quotes
+    stale = tmp_path / "stale.md"
+    stale.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1:])
     check = subprocess.run([sys.executable, script, "--check", "--results", results, str(stale)],
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 1 and "(as written)" in check.stdout, check.stdout + check.stderr
