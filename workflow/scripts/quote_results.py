@@ -69,8 +69,13 @@ def findings(results: Path) -> str:
             + _table(["claim", "measure", "claimed wider", "than", "verdict"], rows))
 
 
-def _step(table: pd.DataFrame, model: str, target: str) -> str:
-    row = table[(table["model"] == model) & (table["target"] == target)].iloc[0]
+def _row(table: pd.DataFrame, model: str, target: str) -> pd.Series | None:
+    """The convergence table's row of `model` and `target`, None when it has none."""
+    rows = table[(table["model"] == model) & (table["target"] == target)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _step(row: pd.Series) -> str:
     return f"step {int(row['step'])}" if row["reached"] else "never"
 
 
@@ -81,24 +86,20 @@ def convergence(results: Path) -> str:
     table = table[table["stage"] == "pretrain"]
     models = list(dict.fromkeys(table["model"]))
     fractions = sorted({t for t in table["target"] if t.startswith("decrease_")}, key=lambda t: float(t[9:]))
-    rows = []
-    for model in models:
-        reach = [_step(table, model, f"final_of_{other}") + f" ({_name(other)}'s "
-                 f"{table[(table['model'] == model) & (table['target'] == f'final_of_{other}')]['threshold'].iloc[0]:.3f})"
-                 for other in models if other != model]
-        rows.append([_name(model), *(_step(table, model, f) for f in fractions), "; ".join(reach)])
-    header = ["model", *(f"{float(f[9:]):.0%} of the decrease" for f in fractions), "reaches the other's final loss"]
     last = int(pd.read_csv(results / f"trajectories/{models[0]}/pretrain/curve.csv")["step"].iloc[-1])
-    said = []
+    rows, said = [], []
     for model in models:
+        reach = []
         for other in models:
-            row = table[(table["model"] == model) & (table["target"] == f"final_of_{other}")]
-            if other == model or row.empty:
+            row = _row(table, model, f"final_of_{other}")
+            if other == model or row is None:
                 continue
-            row = row.iloc[0]
+            reach.append(f"{_step(row)} ({_name(other)}'s {row['threshold']:.3f})")
             said.append(f"{_name(model)} reaches {_name(other)}'s final loss ({row['threshold']:.3f}) at step "
                         f"{int(row['step'])} of {last + 1}" if row["reached"] else
                         f"{_name(model)} does not reach {_name(other)}'s ({row['threshold']:.3f}) within its training")
+        rows.append([_name(model), *(_step(_row(table, model, f)) for f in fractions), "; ".join(reach)])
+    header = ["model", *(f"{float(f[9:]):.0%} of the decrease" for f in fractions), "reaches the other's final loss"]
     return _table(header, rows) + "\n" + "; ".join(said) + ".\n"
 
 
