@@ -37,7 +37,8 @@ def run_config(tmp_path_factory):
     cfg = model_settings("mae")
     torch.save({"model": build_mae(cfg["arch"]).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},
                root / "mae.pth")
-    stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
+    stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", out=root / "probe.pt",
+                      metrics_out=root / "probe.json")
     model = {k: v for k, v in cfg.items() if k != "name"}
     model["checkpoint"] = str(root / "mae.pth")
     model["probe"] = {**model["probe"], "checkpoint": str(root / "probe.pt")}

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.text import Text
 
+from conftest import validated
 from vitlandscape.figures import interactive, stages
 from vitlandscape.figures import surfaces as figures_surfaces
 
@@ -312,6 +313,13 @@ def test_settings_take_figure_keys_of_the_config_section_over_defaults():
     section = {"dpi": 72, "zmax": None, "compare": [{"name": "a", "surfaces": ["m/pretext", "n/pretext"]}]}
     assert figures_surfaces.resolve_settings(section) == {**figures_surfaces.DEFAULTS, "dpi": 72}
     assert figures_surfaces.resolve_settings(None) == figures_surfaces.DEFAULTS
+
+
+def test_drawing_defaults_are_the_schemas(default_config):
+    """A library call without settings draws as a config without a `figures` section does."""
+    config = validated({**default_config, "figures": {}})
+    drawing = {k: v for k, v in config["figures"].items() if k not in figures_surfaces.NOT_DRAWING}
+    assert figures_surfaces.DEFAULTS == drawing and set(drawing) >= {"zmax", "levels", "basin_delta", "formats"}
 
 
 def test_share_below_level_counts_every_point_under_the_level():

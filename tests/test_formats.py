@@ -119,7 +119,8 @@ def test_encoder_only_mae_is_refused_for_pretext_and_serves_probing(tmp_path, np
                           "seed": 0, "test_fraction": 0.25}, data_file)
     cfg = model_settings()
     cfg["probe"].update(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, warmup_epochs=0)
-    metrics = stages.downstream(cfg, "probe", data_file, path, tmp_path / "probe.pt", tmp_path / "probe.json")
+    metrics = stages.downstream(cfg, "probe", data_file, path, out=tmp_path / "probe.pt",
+                                metrics_out=tmp_path / "probe.json")
     assert metrics["checkpoint_format"] == "mae_encoder"
     probe, _ = objectives.load("probe", tmp_path / "probe.pt", cfg)
     for key in ("blocks.1.mlp.fc2.weight", "norm.weight", "pos_embed"):
@@ -137,7 +138,8 @@ def test_finetune_recipe_writes_the_official_layout(tmp_path, npz_dataset):
     cfg = model_settings()
     cfg["finetune"].update(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, warmup_epochs=0)
     assert cfg["finetune"]["global_pool"] is True  # the default: the official recipe
-    stages.downstream(cfg, "finetune", data_file, tmp_path / "mae.pth", tmp_path / "ft.pt", tmp_path / "ft.json")
+    stages.downstream(cfg, "finetune", data_file, tmp_path / "mae.pth", out=tmp_path / "ft.pt",
+                      metrics_out=tmp_path / "ft.json")
     ours = checkpoints.load(tmp_path / "ft.pt")
     assert ours["global_pool"] is True
     official = timm_vit("avg", classes=ours["num_classes"]).state_dict()

@@ -33,7 +33,8 @@ def setup(tmp_path_factory):
     cfg = model_settings("mae")
     mae = build_mae(cfg["arch"])
     torch.save({"model": mae.state_dict(), "args": argparse.Namespace(norm_pix_loss=False)}, root / "mae.pth")
-    train_stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", root / "probe.pt", root / "probe.json")
+    train_stages.downstream(cfg, "probe", root / "data.pt", root / "mae.pth", out=root / "probe.pt",
+                            metrics_out=root / "probe.json")
     return root, cfg
 
 

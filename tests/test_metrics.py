@@ -144,3 +144,8 @@ def test_ratio_map_measures_the_hessian_at_the_moved_weights(micro, tmp_path):
     assert found.lambda_min.item() == pytest.approx(exact[0], rel=1e-3, abs=1e-3 * exact[-1])
     assert found.ratio.item() == pytest.approx(abs(exact[0] / exact[-1]), rel=1e-2, abs=1e-4)
     assert found.attrs["normalization"] == "filter"
+    torch.save({"model": state, "args": argparse.Namespace(norm_pix_loss=False)}, tmp_path / "copy.pth")
+    (tmp_path / "copy.pth").write_bytes((tmp_path / "copy.pth").read_bytes() + b"\0")  # same weights, other file
+    with pytest.raises(ValueError, match="dirs.safetensors were made for checkpoint sha256"):
+        metrics_stages.ratio_map(moved_settings, root / "data.pt", tmp_path / "copy.pth", tmp_path / "dirs.safetensors",
+                                 tmp_path / "map2.nc")

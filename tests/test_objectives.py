@@ -12,6 +12,8 @@ from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.models.masking import eval_noise
 
+CPU = torch.device("cpu")
+
 N = 40
 
 
@@ -26,8 +28,8 @@ def test_pretext_loss_is_summed_in_float64(tmp_path, prepared):
     torch.manual_seed(1)
     model = build_mae(TINY_ARCH).eval()
     torch.save({"model": model.state_dict(), "args": argparse.Namespace()}, tmp_path / "mae.pth")
-    objective = objectives.build("pretext", tmp_path / "mae.pth", model_settings(), prepared, 1, 5,
-                                 torch.device("cpu"))
+    objective = objectives.build("pretext", tmp_path / "mae.pth", model_settings(), prepared, batch_size=1,
+                                 mask_seed=5, device=CPU)
     loss, accuracy = objective.evaluate()
     images = prepared["train_images"][5:]
     noise = eval_noise(N, 16, 5)
@@ -48,7 +50,8 @@ def test_classification_loss_is_summed_in_float64(tmp_path, prepared):
     model = build_classifier(TINY_ARCH, 3, "finetune").eval()
     ckpt = {"kind": "classifier", "head": "finetune", "arch": TINY_ARCH, "num_classes": 3, "model": model.state_dict()}
     torch.save(ckpt, tmp_path / "ft.pt")
-    objective = objectives.build("finetune", tmp_path / "ft.pt", model_settings(), prepared, 1, 0, torch.device("cpu"))
+    objective = objectives.build("finetune", tmp_path / "ft.pt", model_settings(), prepared, batch_size=1,
+                                 mask_seed=0, device=CPU)
     loss, accuracy = objective.evaluate()
     images, labels = prepared["train_images"][5:], prepared["train_labels"][5:]
     total, correct = 0.0, 0
@@ -64,7 +67,8 @@ def test_classification_loss_is_summed_in_float64(tmp_path, prepared):
 def test_unknown_objective(tmp_path, prepared):
     torch.save({"model": build_mae(TINY_ARCH).state_dict()}, tmp_path / "mae.pth")
     with pytest.raises(ValueError, match="unknown objective .recon.; use pretext, probe, finetune, supervised"):
-        objectives.build("recon", tmp_path / "mae.pth", model_settings(), prepared, 8, 0, torch.device("cpu"))
+        objectives.build("recon", tmp_path / "mae.pth", model_settings(), prepared, batch_size=8, mask_seed=0,
+                         device=CPU)
 
 
 def test_norm_pix_targets_follow_the_config(tmp_path, prepared):
@@ -74,7 +78,7 @@ def test_norm_pix_targets_follow_the_config(tmp_path, prepared):
     losses = {}
     for norm_pix in (False, True):
         objective = objectives.build("pretext", tmp_path / "mae.pth", model_settings(norm_pix_loss=norm_pix),
-                                     prepared, 16, 0, torch.device("cpu"))
+                                     prepared, batch_size=16, mask_seed=0, device=CPU)
         losses[norm_pix] = objective.evaluate()[0]
         expected = reference.mae_loss(model.state_dict(), TINY_ARCH, prepared["train_images"][5:], eval_noise(N, 16, 0),
                                       0.75, norm_pix)
@@ -89,7 +93,7 @@ def test_zero_prediction_loss_by_hand(tmp_path, prepared, norm_pix):
     model = build_mae(TINY_ARCH, norm_pix_loss=norm_pix).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
     cfg = model_settings(norm_pix_loss=norm_pix)
-    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 7, 2, torch.device("cpu"))
+    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, batch_size=7, mask_seed=2, device=CPU)
     images = prepared["train_images"][5:].double()
     patches = images.reshape(N, 3, 4, 4, 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(N, 16, 48)
     if norm_pix:
@@ -107,7 +111,7 @@ def test_an_untrained_decoder_is_flagged_in_the_line_log(tmp_path, prepared, cap
     model = build_mae(TINY_ARCH, norm_pix_loss=True).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "mae.pth")
     cfg = {**model_settings(norm_pix_loss=True), "name": "mae"}
-    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, 8, 0, torch.device("cpu"))
+    objective = objectives.build("pretext", tmp_path / "mae.pth", cfg, prepared, batch_size=8, mask_seed=0, device=CPU)
     found = stages.pretext_sanity(objective.evaluate()[0], objective, cfg)
     assert found["centre_loss"] >= 0.8 * found["zero_prediction_loss"]  # random init: no better than zeros
     assert "WARNING: models.mae: the pretext loss of the trained model" in capsys.readouterr().out
@@ -128,8 +132,8 @@ def test_a_streamed_subset_stays_uint8_and_gives_the_same_losses(tmp_path, objec
     else:
         torch.save({"model": build_classifier(TINY_ARCH, 3, "probe").state_dict()}, tmp_path / "m.pth")
     cfg = model_settings(norm_pix_loss=True)
-    a = objectives.build(objective, tmp_path / "m.pth", cfg, streamed, 16, 0, torch.device("cpu"))
-    b = objectives.build(objective, tmp_path / "m.pth", cfg, in_memory, 16, 0, torch.device("cpu"))
+    a = objectives.build(objective, tmp_path / "m.pth", cfg, streamed, batch_size=16, mask_seed=0, device=CPU)
+    b = objectives.build(objective, tmp_path / "m.pth", cfg, in_memory, batch_size=16, mask_seed=0, device=CPU)
     assert all(batch[0].dtype == torch.uint8 for batch in a.batches)
     assert a.evaluate() == pytest.approx(b.evaluate(), rel=0, abs=0, nan_ok=True)
     if objective == "pretext":

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from conftest import ROOT, model_settings
 from vitlandscape import devices
-from vitlandscape.train import loops
 
 CPU = torch.device("cpu")
 
@@ -35,7 +34,7 @@ def test_bf16_autocast_takes_the_math_attention_below_avx512(monkeypatch, capabi
     assert flash_enabled()
     with devices.bf16_autocast(CPU):
         assert torch.is_autocast_enabled("cpu") and flash_enabled() == fused
-    with loops.autocast(CPU, "bf16"), devices.precision("bf16", CPU):
+    with devices.precision("bf16", CPU):
         assert flash_enabled() == fused
     assert flash_enabled() and not torch.is_autocast_enabled("cpu")  # restored on exit
 

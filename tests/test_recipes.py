@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, TINY_ARCH, model_settings, validated
-from vitlandscape import configcheck
+from vitlandscape import configcheck, devices
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.train import loops, optim, recipes, stages
@@ -45,15 +45,15 @@ def test_official_defaults_per_stage_and_method():
                                                                ("mae_vit_large_patch16", 1e-3, 0.75, 0.2),
                                                                ("mae_vit_huge_patch14", 1e-3, 0.75, 0.3)])
 def test_fine_tuning_defaults_follow_the_model_size(arch, blr, layer_decay, drop_path):
-    hp = _resolved("mae", "finetune", arch=arch, batch_size=1024)
-    assert hp["lr"] == pytest.approx(blr * 4)
-    assert (hp["recipe"]["layer_decay"], hp["recipe"]["drop_path"]) == (layer_decay, drop_path)
+    stage_cfg = _resolved("mae", "finetune", arch=arch, batch_size=1024)
+    assert stage_cfg["lr"] == pytest.approx(blr * 4)
+    assert (stage_cfg["recipe"]["layer_decay"], stage_cfg["recipe"]["drop_path"]) == (layer_decay, drop_path)
 
 
 def test_config_changes_one_element_and_an_absolute_lr_wins():
-    hp = _resolved("mae", "finetune", batch_size=64, lr=0.02, recipe={"mixup": 0.0, "precision": "fp32"})
-    assert hp["lr"] == 0.02 and hp["recipe"]["mixup"] == 0 and hp["recipe"]["precision"] == "fp32"
-    assert hp["recipe"]["cutmix"] == 1.0  # the rest stays official
+    stage_cfg = _resolved("mae", "finetune", batch_size=64, lr=0.02, recipe={"mixup": 0.0, "precision": "fp32"})
+    assert stage_cfg["lr"] == 0.02 and stage_cfg["recipe"]["mixup"] == 0 and stage_cfg["recipe"]["precision"] == "fp32"
+    assert stage_cfg["recipe"]["cutmix"] == 1.0  # the rest stays official
     assert _resolved("mae", "probe", batch_size=64, blr=0.4)["lr"] == pytest.approx(0.1)
     assert _resolved("mae", "probe", weight_decay=0.3)["weight_decay"] == 0.3
 
@@ -161,9 +161,9 @@ def test_fit_scales_each_group_lr():
     for group in groups:
         group["lr_scale"] = 0.0 if group["params"][0] is model.cls_token else 1.0
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hp = {**recipes.resolve(model_settings("mae"), "finetune"), "epochs": 1, "warmup_epochs": 0, "lr": 1e-2}
+    stage_cfg = {**recipes.resolve(model_settings("mae"), "finetune"), "epochs": 1, "warmup_epochs": 0, "lr": 1e-2}
     batches = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0]))] * 2
-    loops.fit(groups, lambda x, y, step: F.cross_entropy(model(x), y), batches, hp, "test")
+    loops.fit(groups, lambda x, y, step: F.cross_entropy(model(x), y), batches, stage_cfg, "test")
     frozen = [n for n, p in model.named_parameters() if any(p is q for g in groups if g["lr_scale"] == 0
                                                            for q in g["params"])]
     assert frozen and all(torch.equal(model.state_dict()[n], before[n]) for n in frozen)
@@ -185,10 +185,10 @@ def test_bf16_training_keeps_float32_weights_and_teacher(tmp_path, data_file):
     assert differ  # autocast did run: bf16 matmuls round differently
 
 
-def test_autocast_runs_matmuls_in_bf16():
-    with loops.autocast(torch.device("cpu"), "bf16"):
+def test_training_precision_runs_matmuls_in_bf16():
+    with devices.precision("bf16", torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with loops.autocast(torch.device("cpu"), "fp32"):
+    with devices.precision("fp32", torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 

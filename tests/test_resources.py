@@ -206,7 +206,6 @@ def test_cli_reports_a_full_disk_in_one_line(small_disk, tmp_path):
 def test_cli_reports_an_unwritable_result_and_keeps_other_errors(tmp_path, monkeypatch):
     (tmp_path / "results").write_text("not a folder")
     out = tmp_path / "results" / "c.yaml"
-    monkeypatch.setattr(cli, "_write_config", lambda config, path: outputs.write_json(config, path))
     with pytest.raises(SystemExit) as caught:
         cli.main(["write-config", "--settings", "{}", "--out", str(out)])
     assert str(caught.value) == (f"vitlandscape write-config: cannot write {out}: {tmp_path / 'results'} is a file, "
@@ -215,6 +214,6 @@ def test_cli_reports_an_unwritable_result_and_keeps_other_errors(tmp_path, monke
     def missing(config, path):
         open(tmp_path / "absent" / "input.json")
 
-    monkeypatch.setattr(cli, "_write_config", missing)
+    monkeypatch.setattr(outputs, "write_yaml", missing)
     with pytest.raises(FileNotFoundError):  # not a write: the traceback stays
         cli.main(["write-config", "--settings", "{}", "--out", str(out)])

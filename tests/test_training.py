@@ -28,8 +28,8 @@ def test_downstream_is_reproducible_and_probe_keeps_the_encoder(tmp_path, data_f
     cfg = model_settings("mae")
     pretrained = stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
     for name in ("a", "b"):
-        stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", tmp_path / f"{name}.pt",
-                          tmp_path / f"{name}.json")
+        stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", out=tmp_path / f"{name}.pt",
+                          metrics_out=tmp_path / f"{name}.json")
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["model"] for n in "ab")
     assert _same(a, b)
     encoder_changed = not torch.equal(a["blocks.0.attn.qkv.weight"], pretrained["model"]["blocks.0.attn.qkv.weight"])
@@ -59,8 +59,8 @@ def test_streamed_probe_trains_only_the_head(tmp_path, folder_file, features):
     cfg = model_settings("mae")
     cfg["probe"] = {**cfg["probe"], "features": features, "batch_size": 8}
     pretrained = stages.pretrain(cfg, folder_file, tmp_path / "pre.pt")
-    metrics = stages.downstream(cfg, "probe", folder_file, tmp_path / "pre.pt", tmp_path / "probe.pt",
-                                tmp_path / "probe.json", workers=1)
+    metrics = stages.downstream(cfg, "probe", folder_file, tmp_path / "pre.pt", out=tmp_path / "probe.pt",
+                                metrics_out=tmp_path / "probe.json", workers=1)
     probe = torch.load(tmp_path / "probe.pt", weights_only=True)
     for key, value in pretrained["model"].items():
         if key in probe["model"]:
@@ -79,8 +79,8 @@ def test_cached_probe_features_are_the_streamed_ones_when_the_recipe_changes_no_
             for features in ("streaming", "cached"):
                 changes = {"crop_scale": None, "hflip": 0.0} if recipe == "plain" else {}
                 settings = {**cfg, "probe": {**cfg["probe"], "features": features, "recipe": changes}}
-                stages.downstream(settings, "probe", path, tmp_path / f"{name}_mae.pt", tmp_path / "p.pt",
-                                  tmp_path / "p.json")
+                stages.downstream(settings, "probe", path, tmp_path / f"{name}_mae.pt", out=tmp_path / "p.pt",
+                                  metrics_out=tmp_path / "p.json")
                 heads[name, recipe, features] = torch.load(tmp_path / "p.pt", weights_only=True)["model"]["head.1.weight"]
     for name in ("folder", "npz"):  # crop and flip (official): every step sees other features
         assert not torch.equal(heads[name, "official", "streaming"], heads[name, "official", "cached"])

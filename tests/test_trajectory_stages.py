@@ -20,8 +20,9 @@ EVERY = {"every": 3}
 
 def replay(tmp_path, cfg, stage, data_file, checkpoint, schedule=EVERY, pretrained=None):
     out = tmp_path / stage
-    meta = train_stages.trajectory(cfg, stage, schedule, data_file, checkpoint, out / "snapshots.safetensors",
-                                   out / "curve.csv", pretrained)
+    meta = train_stages.trajectory(cfg, stage, schedule, data_file, checkpoint,
+                                   snapshots_out=out / "snapshots.safetensors", curve_out=out / "curve.csv",
+                                   pretrained=pretrained)
     steps, states, stored = snapshots.load_snapshots(out / "snapshots.safetensors")
     return meta, steps, states, stored, pd.read_csv(out / "curve.csv")
 
@@ -70,7 +71,8 @@ def test_rcmae_snapshots_follow_the_weights_its_checkpoint_keeps(tmp_path, data_
 def test_replayed_downstream_training_reproduces_its_checkpoint(tmp_path, data_file, stage):
     cfg = model_settings("mae")
     train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
-    train_stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", tmp_path / f"{stage}.pt", tmp_path / "m.json")
+    train_stages.downstream(cfg, stage, data_file, tmp_path / "pre.pt", out=tmp_path / f"{stage}.pt",
+                            metrics_out=tmp_path / "m.json")
     meta, steps, states, _, curve = replay(tmp_path, cfg, stage, data_file, tmp_path / f"{stage}.pt",
                                            schedule={"points": 3, "spacing": "linear"}, pretrained=tmp_path / "pre.pt")
     assert meta["replay_difference"] == 0.0 and len(steps) == 3 and steps[-1] == meta["total_steps"] == len(curve)
@@ -131,8 +133,8 @@ def test_snapshot_probes_match_the_probe_stage_at_both_ends(tmp_path, data_file)
     are the probe stage's and its random-encoder baseline's."""
     cfg = model_settings("mae")
     train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
-    metrics = train_stages.downstream(cfg, "probe", data_file, tmp_path / "pre.pt", tmp_path / "probe.pt",
-                                      tmp_path / "probe.json")
+    metrics = train_stages.downstream(cfg, "probe", data_file, tmp_path / "pre.pt", out=tmp_path / "probe.pt",
+                                      metrics_out=tmp_path / "probe.json")
     replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt", schedule={"every": 1})
     result = train_stages.snapshot_probes(cfg, data_file, tmp_path / "pretrain/snapshots.safetensors", 3,
                                           tmp_path / "probes.json")

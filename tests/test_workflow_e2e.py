@@ -302,10 +302,11 @@ MODULE_STAGES = {
     "landscape/stages.py": {"landscape"}, "landscape/tiles.py": {"landscape"},
     "landscape/trajectory_plane.py": {"landscape"}, "landscape/directions.py": {"landscape", "metrics"},
     "landscape/grid.py": {"landscape", "metrics"}, "landscape/surface.py": {"landscape", "metrics"},
+    "landscape/settings.py": {"landscape", "metrics"},
     "metrics/__init__.py": {"table", "metrics", "metrics_tables", "convergence", "figures"},
     "metrics/accuracy.py": {"table"}, "metrics/stages.py": {"metrics"}, "metrics/hessian.py": {"metrics"},
     "metrics/flatness.py": {"metrics"}, "metrics/tables.py": {"metrics_tables"},
-    "metrics/basins.py": {"metrics_tables"}, "metrics/findings.py": {"metrics_tables"},
+    "metrics/basins.py": {"metrics_tables", "figures"},  # figures mark the centre as the metrics take it "metrics/findings.py": {"metrics_tables"},
     "metrics/convergence.py": {"convergence"}, "metrics/curves.py": {"convergence", "figures"},
     "figures/__init__.py": {"figures"}, "figures/stages.py": {"figures"}, "figures/surfaces.py": {"figures"},
     "figures/trajectories.py": {"figures"}, "figures/interactive.py": {"figures"},
@@ -314,8 +315,9 @@ MODULE_STAGES = {
     "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(),
     "schemaerrors.py": set(), "plan.py": set(), "storage/checkpoint_header.py": set(),
     "landscape/throughput.py": set(), "landscape/bench.py": set(), "landscape/bench_cases.py": set(),
-    # where results go: the rules read it when Snakemake parses them (outputs, not params)
-    "paths.py": set(),
+    # where results go (the rules read it when Snakemake parses them: outputs, not params) and
+    # where the schema is, whose defaults the figures draw with
+    "paths.py": {"figures"},
     # how jobs start (forked from a warm server) changes no result
     "warmstart.py": set(),
 }

@@ -4,7 +4,9 @@ Settings arrive as JSON, inline or as `@file.json`: the Snakemake rules pass exa
 part of the validated config that a stage depends on.
 """
 import argparse
+import collections
 import errno
+import importlib
 import json
 from pathlib import Path
 
@@ -262,158 +264,78 @@ def main(argv=None) -> None:
         raise SystemExit(f"vitlandscape {args.stage}: cannot {verb} {where}: {err.strerror}") from None
 
 
+# Each stage: the library module that runs it, imported only when the stage runs (torch costs
+# 2 s a job, timm with torchvision 2 more, so file stages import neither), the call, and
+# whether the stage computes with torch (then --threads sets torch's CPU threads).
+Stage = collections.namedtuple("Stage", "module call torch")
+
+STAGES = {
+    "prepare-data": Stage("data.prepare", lambda m, a: m.prepare_data(a.settings, a.out), True),
+    "pretrain": Stage("train.stages", lambda m, a: m.pretrain(a.settings, a.data, a.out, a.device, a.workers), True),
+    **{stage: Stage("train.stages", lambda m, a: m.downstream(
+        a.settings, a.stage, a.data, a.checkpoint, out=a.out, metrics_out=a.metrics, device=a.device,
+        workers=a.workers), True) for stage in ("probe", "finetune")},
+    "evaluate": Stage("train.stages", lambda m, a: m.evaluate(
+        a.settings, a.stage_name, a.data, a.checkpoint, a.metrics, a.device, a.workers), True),
+    "trajectory": Stage("train.stages", lambda m, a: m.trajectory(
+        a.settings, a.stage_name, a.schedule, a.data, a.checkpoint, snapshots_out=a.snapshots,
+        curve_out=a.curve, pretrained=a.pretrained, device=a.device, workers=a.workers), True),
+    "snapshot-probe": Stage("train.stages", lambda m, a: m.snapshot_probes(
+        a.settings, a.data, a.snapshots, a.count, a.out, a.device, a.workers), True),
+    "directions": Stage("landscape.stages", lambda m, a: m.make_directions(a.settings, a.checkpoint, a.out), True),
+    "surface-tile": Stage("landscape.stages", lambda m, a: m.surface_tile(
+        a.settings, a.data, a.checkpoint, a.directions, a.tile, a.out), True),
+    "line": Stage("landscape.stages", lambda m, a: m.line(a.settings, a.data, a.checkpoint, a.directions, a.out),
+                  True),
+    "interpolate": Stage("landscape.stages", lambda m, a: m.interpolate(a.settings, a.data, a.start, a.end, a.out),
+                         True),
+    "trajectory-plane": Stage("landscape.stages", lambda m, a: m.trajectory_plane(
+        a.settings, a.checkpoint, a.snapshots, a.out, a.summary), True),
+    "assemble": Stage("landscape.tiles", lambda m, a: m.assemble(
+        a.settings, a.tiles, a.checkpoint, a.directions, a.out), False),
+    "hessian": Stage("metrics.stages", lambda m, a: m.hessian_metrics(a.settings, a.data, a.checkpoint, a.out),
+                     True),
+    "flatness": Stage("metrics.stages", lambda m, a: m.flatness_metrics(a.settings, a.data, a.checkpoint, a.out),
+                      True),
+    "ratio-map": Stage("metrics.stages", lambda m, a: m.ratio_map(
+        a.settings, a.data, a.checkpoint, a.directions, a.out), True),
+    "metrics-tables": Stage("metrics.tables", lambda m, a: m.tables(
+        a.settings, a.surfaces, a.hessian, a.flatness, a.out_dir), False),
+    "convergence": Stage("metrics.convergence", lambda m, a: m.table(
+        a.settings, pairs(a.curves), a.out, pairs(a.probes)), False),
+    "accuracy-table": Stage("metrics.accuracy", lambda m, a: m.accuracy_table(
+        a.metrics, pairs(a.supervised), a.out), True),
+    "plot-surface": Stage("figures.stages", lambda m, a: m.surface_figures(
+        a.settings, a.surface, a.prefix, a.html, a.vts), False),
+    "plot-accuracy": Stage("figures.stages", lambda m, a: m.accuracy_figure(a.settings, a.surface, a.prefix), False),
+    "plot-path": Stage("figures.stages", lambda m, a: m.path_figure(a.settings, a.path, a.prefix), False),
+    "plot-compare": Stage("figures.stages", lambda m, a: m.comparison_figures(
+        a.settings, a.surfaces, a.labels, a.prefix, a.title), False),
+    "plot-spectrum": Stage("figures.stages", lambda m, a: m.spectrum_figure(
+        a.settings, a.hessian, a.labels, a.prefix), False),
+    "plot-ratio-map": Stage("figures.stages", lambda m, a: m.ratio_map_figure(a.settings, a.ratio_map, a.prefix),
+                            False),
+    "plot-trajectory": Stage("figures.stages", lambda m, a: m.trajectory_figures(
+        a.settings, a.surfaces, a.summaries, a.curves, a.labels, a.prefix, a.title), False),
+    "plan": Stage("plan", lambda m, a: m.command(
+        a.configfile, tflops=a.tflops, measure=a.measure, num_classes=a.num_classes, train_images=a.train_images,
+        json_out=a.json, device=a.device, precision=a.precision, batch_size=a.batch_size,
+        measure_seconds=a.measure_seconds), False),  # torch only to --measure
+    "write-config": Stage("storage.outputs", lambda m, a: m.write_yaml(a.settings, a.out), False),
+    "bench": Stage("landscape.bench", lambda m, a: m.command(
+        a.config, a.surfaces, a.data, grid_points=a.grid, threads=a.threads, device=a.device, repeats=a.repeats,
+        out=a.out), True),
+}
+
+
+def pairs(items) -> dict:
+    """NAME=VALUE arguments as a dict."""
+    return dict(item.split("=", 1) for item in items)
+
+
 def _run(args) -> None:
-    # Stages that only read and write files import neither torch nor timm (2 to 4 s a job).
-    if args.stage == "plan":  # counts from the config: torch is imported only to measure
-        _plan(args)
-    elif args.stage == "metrics-tables":
-        from vitlandscape.metrics import tables
-        tables.tables(args.settings, args.surfaces, args.hessian, args.flatness, args.out_dir)
-    elif args.stage == "assemble":
-        from vitlandscape.landscape import tiles
-        tiles.assemble(args.settings, args.tiles, args.checkpoint, args.directions, args.out)
-    elif args.stage == "write-config":
-        _write_config(args.settings, args.out)
-    elif args.stage == "convergence":
-        from vitlandscape.metrics import convergence
-        convergence.table(args.settings, dict(item.split("=", 1) for item in args.curves), args.out,
-                          dict(item.split("=", 1) for item in args.probes))
-    elif args.stage.startswith("plot-"):
-        _plot(args)
-    else:
-        _compute(args)
-
-
-def _plot(args) -> None:
-    from vitlandscape.figures import stages as figures_stages
-    if args.stage == "plot-surface":
-        figures_stages.surface_figures(args.settings, args.surface, args.prefix, args.html, args.vts)
-    elif args.stage == "plot-accuracy":
-        figures_stages.accuracy_figure(args.settings, args.surface, args.prefix)
-    elif args.stage == "plot-path":
-        figures_stages.path_figure(args.settings, args.path, args.prefix)
-    elif args.stage == "plot-compare":
-        figures_stages.comparison_figures(args.settings, args.surfaces, args.labels, args.prefix, args.title)
-    elif args.stage == "plot-spectrum":
-        figures_stages.spectrum_figure(args.settings, args.hessian, args.labels, args.prefix)
-    elif args.stage == "plot-ratio-map":
-        figures_stages.ratio_map_figure(args.settings, args.ratio_map, args.prefix)
-    elif args.stage == "plot-trajectory":
-        figures_stages.trajectory_figures(args.settings, args.surfaces, args.summaries, args.curves, args.labels,
-                                          args.prefix, args.title)
-
-
-def _compute(args) -> None:
-    """The stages that read or run models: each imports only the modules it calls (timm, with
-    torchvision, costs about 2 s a job; data preparation and the accuracy table need neither)."""
-    import torch
-    if getattr(args, "threads", None):
+    stage = STAGES[args.stage]
+    if stage.torch and getattr(args, "threads", None):
+        import torch
         torch.set_num_threads(args.threads)
-    if args.stage == "prepare-data":
-        from vitlandscape.data import prepare
-        prepare.prepare_data(args.settings, args.out)
-    elif args.stage == "accuracy-table":
-        from vitlandscape.metrics import accuracy
-        supervised = dict(item.split("=", 1) for item in args.supervised)
-        accuracy.accuracy_table(args.metrics, supervised, args.out)
-    elif args.stage in ("pretrain", "probe", "finetune", "evaluate", "trajectory", "snapshot-probe"):
-        _train(args)
-    elif args.stage in ("directions", "surface-tile", "line", "interpolate", "trajectory-plane"):
-        _landscape(args)
-    elif args.stage in ("hessian", "flatness", "ratio-map"):
-        _curvature(args)
-    elif args.stage == "bench":
-        _bench_compare(args)
-
-
-def _train(args) -> None:
-    from vitlandscape.train import stages as train_stages
-    if args.stage == "pretrain":
-        train_stages.pretrain(args.settings, args.data, args.out, args.device, args.workers)
-    elif args.stage in ("probe", "finetune"):
-        train_stages.downstream(args.settings, args.stage, args.data, args.checkpoint, args.out, args.metrics,
-                                args.device, args.workers)
-    elif args.stage == "snapshot-probe":
-        train_stages.snapshot_probes(args.settings, args.data, args.snapshots, args.count, args.out, args.device,
-                                     args.workers)
-    elif args.stage == "trajectory":
-        train_stages.trajectory(args.settings, args.stage_name, args.schedule, args.data, args.checkpoint,
-                                args.snapshots, args.curve, args.pretrained, args.device, args.workers)
-    else:
-        train_stages.evaluate(args.settings, args.stage_name, args.data, args.checkpoint, args.metrics, args.device,
-                              args.workers)
-
-
-def _landscape(args) -> None:
-    from vitlandscape.landscape import stages as landscape_stages
-    if args.stage == "directions":
-        landscape_stages.make_directions(args.settings, args.checkpoint, args.out)
-    elif args.stage == "surface-tile":
-        landscape_stages.surface_tile(args.settings, args.data, args.checkpoint, args.directions, args.tile, args.out)
-    elif args.stage == "line":
-        landscape_stages.line(args.settings, args.data, args.checkpoint, args.directions, args.out)
-    elif args.stage == "trajectory-plane":
-        landscape_stages.trajectory_plane(args.settings, args.checkpoint, args.snapshots, args.out, args.summary)
-    else:
-        landscape_stages.interpolate(args.settings, args.data, args.start, args.end, args.out)
-
-
-def _curvature(args) -> None:
-    from vitlandscape.metrics import stages as metrics_stages
-    if args.stage == "hessian":
-        metrics_stages.hessian_metrics(args.settings, args.data, args.checkpoint, args.out)
-    elif args.stage == "flatness":
-        metrics_stages.flatness_metrics(args.settings, args.data, args.checkpoint, args.out)
-    else:
-        metrics_stages.ratio_map(args.settings, args.data, args.checkpoint, args.directions, args.out)
-
-
-def _plan(args) -> None:
-    """Validate the config as the workflow does (defaults filled), then print and save the plan."""
-    import yaml
-
-    from vitlandscape import configcheck, plan
-    config = yaml.safe_load(Path(args.configfile).read_text())
-    try:
-        configcheck.validate_config(config, Path(__file__).resolve().parents[2] / "config" / "schema.yaml")
-    except configcheck.ConfigError as err:
-        raise SystemExit(f"plan: {args.configfile}: {err}") from None
-    num_classes = args.num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
-    try:
-        train_images = args.train_images or plan.default_train_images(config)
-    except plan.PlanError as err:  # before measuring: say it at once
-        raise SystemExit(f"plan: {err}") from None
-    measured = None
-    if args.measure:
-        from vitlandscape.landscape import throughput
-        measured = throughput.measure(config, plan.forwards(config), num_classes, args.device, args.precision,
-                                      args.batch_size, args.measure_seconds)
-    result = plan.plan(config, args.tflops or plan.DEFAULT_TFLOPS, num_classes, train_images, measured)
-    print(plan.table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _write_config(config: dict, out) -> None:
-    import yaml
-
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"wrote {out}")
-
-
-def _bench_compare(args) -> None:
-    """One grid by every method on the chosen surfaces of a finished run: bench.json and a table."""
-    import yaml
-
-    from vitlandscape.landscape import bench, bench_cases
-    from vitlandscape.storage import outputs
-    config = yaml.safe_load(Path(args.config).read_text())
-    try:
-        cases = bench_cases.cases(config, args.surfaces, args.data)
-    except ValueError as err:
-        raise SystemExit(f"bench: {args.config} {err}") from None
-    result = bench.compare(cases, args.grid, args.threads, args.device, args.repeats)
-    outputs.write_json(result, args.out)
-    print(bench.table(result))
-    print(f"wrote {args.out}")
+    stage.call(importlib.import_module(f"vitlandscape.{stage.module}"), args)

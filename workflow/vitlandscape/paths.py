@@ -1,5 +1,9 @@
 """Where a run keeps its data and checkpoints: the paths the library and the rules
-(common.smk, through this module) both name, in one place. Imports nothing heavy."""
+(common.smk, through this module) both name, in one place; and where the config's schema
+is. Imports nothing heavy."""
+from pathlib import Path
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"  # the library runs from the repo
 
 DATA = "results/data/{dataset}.pt"
 CHECKPOINT = "results/checkpoints/{model}/{stage}.pt"  # stage: pretrain, probe, finetune

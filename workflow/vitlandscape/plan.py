@@ -9,9 +9,13 @@ every patch, encodes the cls token + the kept patches, and decodes all L + 1 tok
 Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
 torch: `vitlandscape.landscape.throughput` measures the rates that replace the assumed one).
 """
+import json
 import math
+from pathlib import Path
 
-from vitlandscape import configcheck
+import yaml
+
+from vitlandscape import configcheck, paths
 from vitlandscape.landscape import grid
 from vitlandscape.models.arch import resolve_arch
 from vitlandscape.train import recipes
@@ -65,26 +69,26 @@ def flops_per_image(model_cfg: dict, objective: str, num_classes: int) -> int:
     return 2 * classifier_macs(resolve_arch(model_cfg["arch"], with_decoder=False), num_classes)
 
 
-def training_stages(m: dict) -> list[str]:
+def training_stages(model_cfg: dict) -> list[str]:
     """The training stages the workflow runs for a model: probe and fine-tune where the
     accuracy table or a landscape needs them; a given checkpoint skips its stage."""
-    stages = [] if m["checkpoint"] else ["pretrain"]
-    if m["method"] != "supervised":
-        needed = set(m["accuracy"]) | set(configcheck.objectives(m))
-        stages += [s for s in ("probe", "finetune") if s in needed and not m[s]["checkpoint"]]
+    stages = [] if model_cfg["checkpoint"] else ["pretrain"]
+    if model_cfg["method"] != "supervised":
+        needed = set(model_cfg["accuracy"]) | set(configcheck.objectives(model_cfg))
+        stages += [s for s in ("probe", "finetune") if s in needed and not model_cfg[s]["checkpoint"]]
     return stages
 
 
-def stage_flops(m: dict, stage: str, num_classes: int, images: int) -> int:
+def stage_flops(model_cfg: dict, stage: str, num_classes: int, images: int) -> int:
     """FLOPs of one training stage on `images` training images per epoch."""
-    epochs = m[stage]["epochs"]
+    epochs = model_cfg[stage]["epochs"]
     if stage == "probe":
         # a frozen encoder (run once when its features are cached) under a trained linear head
-        dims = resolve_arch(m["arch"], with_decoder=False)
-        encoder_passes = 1 if recipes.probe_features_cached(m) else epochs
+        dims = resolve_arch(model_cfg["arch"], with_decoder=False)
+        encoder_passes = 1 if recipes.probe_features_cached(model_cfg) else epochs
         return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * 3 * 2 * dims["embed_dim"] * num_classes)
-    passes = 4 if stage == "pretrain" and m["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
-    return epochs * images * passes * flops_per_image(m, configcheck.stage_objective(m, stage), num_classes)
+    passes = 4 if stage == "pretrain" and model_cfg["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
+    return epochs * images * passes * flops_per_image(model_cfg, configcheck.stage_objective(model_cfg, stage), num_classes)
 
 
 def default_train_images(config: dict) -> int | None:
@@ -180,14 +184,15 @@ def trajectory_runs(config: dict) -> list[tuple[str, str]]:
 def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     """Cost of every training stage on `images` training images per epoch, and of every replay
     of one for its trajectory (the same training again)."""
-    runs = [(name, stage, f"{name}/{stage}") for name, m in config["models"].items() for stage in training_stages(m)]
+    runs = [(name, stage, f"{name}/{stage}") for name, model_cfg in config["models"].items()
+            for stage in training_stages(model_cfg)]
     runs += [(name, stage, f"{name}/{stage} replay") for name, stage in trajectory_runs(config)]
     out = []
     for name, stage, label in runs:
-        m = config["models"][name]
-        flops = stage_flops(m, stage, num_classes, images)
-        tflops = rate(name, configcheck.stage_objective(m, stage))
-        out.append({"name": label, "flops": flops, "images": images, "epochs": m[stage]["epochs"],
+        model_cfg = config["models"][name]
+        flops = stage_flops(model_cfg, stage, num_classes, images)
+        tflops = rate(name, configcheck.stage_objective(model_cfg, stage))
+        out.append({"name": label, "flops": flops, "images": images, "epochs": model_cfg[stage]["epochs"],
                     "tflops": tflops, "gpu_hours": hours(flops, tflops)})
     return out
 
@@ -251,3 +256,29 @@ def table(result: dict) -> str:
     lines.append(f"total {result['total_metrics_gpu_hours']:.3g} GPU-hours of metrics at {rate} (a Hessian-vector "
                  f"product counted as {HVP_FORWARDS} forward passes)")
     return "\n".join(lines)
+
+
+def command(configfile, *, tflops=None, measure=False, num_classes=None, train_images=None, json_out=None,
+            device="auto", precision=None, batch_size=None, measure_seconds=2.0) -> dict:
+    """The plan stage: validate `configfile` as the workflow does (defaults filled), cost it at
+    `tflops` or at the rates measured here (`measure`), print the table, save `json_out`."""
+    config = yaml.safe_load(Path(configfile).read_text())
+    try:
+        configcheck.validate_config(config, paths.SCHEMA)
+    except configcheck.ConfigError as err:
+        raise SystemExit(f"plan: {configfile}: {err}") from None
+    num_classes = num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
+    try:
+        train_images = train_images or default_train_images(config)
+    except PlanError as err:  # before measuring: say it at once
+        raise SystemExit(f"plan: {err}") from None
+    measured = None
+    if measure:
+        from vitlandscape.landscape import throughput
+        measured = throughput.measure(config, forwards(config), num_classes, device, precision, batch_size,
+                                      measure_seconds)
+    result = plan(config, tflops or DEFAULT_TFLOPS, num_classes, train_images, measured)
+    print(table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

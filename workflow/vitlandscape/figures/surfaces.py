@@ -17,23 +17,29 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-DEFAULTS = {
-    "zmax": None,  # clip displayed values above this (None: no clipping)
-    "log_scale": False,  # plot log10(loss)
-    "levels": 20,  # contour levels, log-spaced between min and max
-    "elev": 30,  # 3-D view elevation (degrees)
-    "azim": -60,  # 3-D view azimuth (degrees)
-    "cmap": "viridis",
-    "dpi": 200,
-    "basin_delta": 0.1,  # basin = loss <= centre loss + delta
-    "formats": ["png", "pdf"],
-}
+from vitlandscape import paths
+from vitlandscape.metrics import basins
+
+# Keys of the config's `figures` section that are not drawing settings.
+NOT_DRAWING = ("compare", "reconstructions")
+
+
+def schema_defaults() -> dict:
+    """The drawing settings' defaults as config/schema.yaml fills them in (zmax, log_scale,
+    levels, elev, azim, cmap, dpi, basin_delta, formats): one place for them."""
+    schema = yaml.load(paths.SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    section = schema["properties"]["figures"]["properties"]
+    return {key: spec["default"] for key, spec in section.items() if key not in NOT_DRAWING}
+
+
+DEFAULTS = schema_defaults()
 
 ALPHA_LABEL = "alpha (direction x)"
 BETA_LABEL = "beta (direction y)"
@@ -160,17 +166,16 @@ def value_label(settings: dict) -> str:
 
 
 def centre_index(ds: xr.Dataset) -> tuple[int, int]:
-    """Indices (i, j) of the grid point nearest alpha = 0, beta = 0."""
-    return int(np.abs(ds["alpha"].values).argmin()), int(np.abs(ds["beta"].values).argmin())
+    """Indices (i, j) of the grid point nearest alpha = 0, beta = 0, as the metrics take it."""
+    return basins.centre_index(ds["alpha"].values, ds["beta"].values)
 
 
 def centre_loss(ds: xr.Dataset) -> float:
-    """Loss at the grid point nearest the trained weights."""
-    i, j = centre_index(ds)
-    value = float(ds["loss"].transpose("alpha", "beta").values[i, j])
-    if not np.isfinite(value):
-        raise ValueError(f"loss at the centre of {_attr(ds, 'model')} is not finite: {value}")
-    return value
+    """Loss at the grid point nearest the trained weights (an error naming the model if not finite)."""
+    try:
+        return basins.centre_loss(ds["loss"].transpose("alpha", "beta").values, ds["alpha"].values, ds["beta"].values)
+    except ValueError as err:
+        raise ValueError(f"surface of {_attr(ds, 'model')}: {err}") from None
 
 
 def share_below_level(ds: xr.Dataset, delta: float) -> float:

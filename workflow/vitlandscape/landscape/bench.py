@@ -27,6 +27,7 @@ import loss_landscapes
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from loss_landscapes.metrics import Metric
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Normalize
@@ -34,8 +35,9 @@ from torchvision.transforms import Normalize
 from vitlandscape import devices
 from vitlandscape.data import common
 from vitlandscape.data import prepare as data_prepare
-from vitlandscape.landscape import directions, objectives, surface
+from vitlandscape.landscape import bench_cases, directions, objectives, surface
 from vitlandscape.models.masking import eval_noise
+from vitlandscape.storage import outputs
 
 RTOL = 1e-4  # peers' losses against the engine's, relative
 PEERS = ("loss_landscapes", "li_loop")
@@ -374,3 +376,17 @@ def table(result: dict) -> str:
                          f"{r['added_memory_mb']:8.1f} {diff:>12s}  {ratio}")
     return "\n".join(lines)
 
+
+def command(config_path, surfaces, data, *, grid_points: int, threads: int, device: str, repeats: int, out) -> dict:
+    """The bench stage: one grid by every method on the chosen surfaces of a finished run
+    (its effective config at `config_path`), written to `out` and printed as a table."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    try:
+        cases = bench_cases.cases(config, surfaces, data)
+    except ValueError as err:
+        raise SystemExit(f"bench: {config_path} {err}") from None
+    result = compare(cases, grid_points, threads, device, repeats)
+    outputs.write_json(result, out)
+    print(table(result))
+    print(f"wrote {out}")
+    return result

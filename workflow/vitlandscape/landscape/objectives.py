@@ -20,6 +20,7 @@ from vitlandscape.models.arch import build_mae
 from vitlandscape.models.classifier import build_classifier, classifier_for
 from vitlandscape.models.masking import eval_noise, random_masking
 from vitlandscape.storage import checkpoints, formats
+from vitlandscape.storage.outputs import checkpoint_identity
 
 CLASSIFICATION = ("probe", "finetune", "supervised")
 
@@ -113,7 +114,7 @@ def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
     return load(objective, checkpoint, model_cfg)[0]
 
 
-def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_size: int,
+def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, *, batch_size: int,
           mask_seed: int, device: torch.device, precision: str = "fp32") -> Objective:
     """Model and evaluation batches, all on `device`, for one objective evaluated in `precision`."""
     model, ckpt = load(objective, checkpoint, model_cfg)
@@ -123,6 +124,22 @@ def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, batch_siz
     built.info["checkpoint_format"] = ckpt.format
     built.precision = precision
     return built
+
+
+def for_stage(settings: dict, data_path, checkpoint, landscape, batch_size: int | None = None) -> Objective:
+    """The objective of a landscape or metric stage (`settings` as its rule passes them, their
+    `landscape` section as settings.LandscapeSettings) on the evaluation set of `data_path`."""
+    return build(settings["objective"], checkpoint, settings, prepare.load_prepared(data_path),
+                 batch_size=batch_size or landscape.batch_size, mask_seed=landscape.mask_seed,
+                 device=devices.resolve(landscape.device), precision=landscape.precision)
+
+
+def provenance(settings: dict, checkpoint, objective: Objective) -> dict:
+    """What a result measured on `objective` records of where it comes from: the model, its
+    method, the objective, the checkpoint (path, sha256, format) and the evaluation images."""
+    return {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
+            **checkpoint_identity(checkpoint, objective.info["checkpoint_format"]),
+            "eval_samples": objective.info["eval_samples"]}
 
 
 def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

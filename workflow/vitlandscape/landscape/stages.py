@@ -11,9 +11,10 @@ import torch
 import xarray as xr
 
 import vitlandscape
-from vitlandscape import devices, faults
-from vitlandscape.data import prepare
+from vitlandscape import faults
 from vitlandscape.landscape import directions, grid, objectives, surface, tiles
+from vitlandscape.landscape.settings import LandscapeSettings
+from vitlandscape.storage import outputs
 from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
 
 
@@ -22,15 +23,15 @@ def versions() -> str:
 
 
 def make_directions(settings: dict, checkpoint, out) -> dict:
-    ls = settings["landscape"]
+    landscape = LandscapeSettings.of(settings)
     model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
-    dirs = directions.make(model, ls["direction_seed"], ls["normalization"], ls["perturb_1d"],
-                           ls["perturb_frozen"], ls["orthogonal"])
+    dirs = directions.make(model, landscape.direction_seed, landscape.normalization, landscape.perturb_1d,
+                           landscape.perturb_frozen, landscape.orthogonal)
     metadata = {"model": settings["name"], "objective": settings["objective"],
-                "checkpoint_sha256": sha256(checkpoint), "seed": ls["direction_seed"],
-                "normalization": ls["normalization"], "perturb_1d": ls["perturb_1d"],
-                "perturb_frozen": ls["perturb_frozen"], "orthogonal": ls["orthogonal"]}
+                "checkpoint_sha256": sha256(checkpoint), "seed": landscape.direction_seed,
+                "normalization": landscape.normalization, "perturb_1d": landscape.perturb_1d,
+                "perturb_frozen": landscape.perturb_frozen, "orthogonal": landscape.orthogonal}
     directions.save(dirs, out, metadata)
     print(f"{len(dirs) // 2} perturbed tensors, "
           f"{sum(v.numel() for k, v in dirs.items() if k.startswith('x.'))} weights -> {out}")
@@ -43,15 +44,12 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
     random direction would perturb, and the path's coordinates and distances (`summary_out`)."""
     from vitlandscape.landscape import trajectory_plane as trajectory_pca  # beside the stage trajectory_plane
     from vitlandscape.storage import snapshots
-    ls = settings["landscape"]
+    landscape = LandscapeSettings.of(settings)
     model, ckpt = objectives.load(settings["objective"], checkpoint, settings)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
-    names = directions.perturbed_names(model, ls["perturb_1d"], ls["perturb_frozen"])
+    names = directions.perturbed_names(model, landscape.perturb_1d, landscape.perturb_frozen)
     steps, states, meta = snapshots.load_snapshots(snapshots_path)
-    checkpoint_sha = sha256(checkpoint)
-    if meta.get("checkpoint_sha256") not in (None, checkpoint_sha):
-        raise ValueError(f"snapshots {snapshots_path} were recorded for checkpoint sha256 "
-                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {checkpoint_sha}")
+    checkpoint_sha = outputs.made_for(checkpoint, meta, f"snapshots {snapshots_path} were recorded")
     final = {name: p.detach().float().cpu() for name, p in model.named_parameters()}
     how = settings["trajectories"]["normalization"]
     plane = trajectory_pca.pca_plane(states, final, names, how)
@@ -61,7 +59,7 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
                 "checkpoint_sha256": checkpoint_sha, "snapshots_sha256": sha256(snapshots_path),
                 "normalization": f"pca-{how}",
                 "explained_variance_ratio": json.dumps(summary["explained_variance_ratio"]),
-                "perturb_1d": ls["perturb_1d"], "perturb_frozen": ls["perturb_frozen"]}
+                "perturb_1d": landscape.perturb_1d, "perturb_frozen": landscape.perturb_frozen}
     directions.save(plane["directions"], out, metadata)
     write_json(summary, summary_out)
     ratio = summary["explained_variance_ratio"]
@@ -72,39 +70,30 @@ def trajectory_plane(settings: dict, checkpoint, snapshots_path, out, summary_ou
 
 def _setup(settings: dict, data_path, checkpoint, directions_path):
     """Objective, in-place perturbation and provenance attributes for one surface."""
-    ls = settings["landscape"]
-    device = devices.resolve(ls["device"])
-    prepared = prepare.load_prepared(data_path)
-    objective = objectives.build(settings["objective"], checkpoint, settings, prepared, ls["batch_size"],
-                                 ls["mask_seed"], device, ls["precision"])
+    landscape = LandscapeSettings.of(settings)
+    objective = objectives.for_stage(settings, data_path, checkpoint, landscape)
     dirs, meta = directions.load(directions_path)
-    ckpt_sha = sha256(checkpoint)
-    if meta.get("checkpoint_sha256") not in (None, ckpt_sha):
-        raise ValueError(f"directions {directions_path} were made for checkpoint sha256 "
-                         f"{meta['checkpoint_sha256']}, but {checkpoint} has {ckpt_sha}")
+    outputs.made_for(checkpoint, meta, f"directions {directions_path} were made")
     perturbation = surface.Perturbation(objective.model, dirs)
     pretext = settings["objective"] == "pretext"
-    attrs = {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
-             "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
-             "checkpoint_format": objective.info["checkpoint_format"],
+    attrs = {**objectives.provenance(settings, checkpoint, objective),
              "directions_sha256": sha256(directions_path),
-             "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
-             "eval_samples": objective.info["eval_samples"],
-             "mask_seed": ls["mask_seed"] if pretext else "n/a",
+             "grid": grid.signature(landscape.alpha, landscape.beta, landscape.tile),
+             "mask_seed": landscape.mask_seed if pretext else "n/a",
              "mask_ratio": settings["mask_ratio"] if pretext else "n/a",
              "config_hash": tiles.config_hash(settings), "versions": versions(),
-             "normalization": ls["normalization"], "perturb_1d": int(ls["perturb_1d"]),
-             "perturb_frozen": int(ls["perturb_frozen"]), "orthogonal": int(ls["orthogonal"]),
-             "direction_seed": ls["direction_seed"], "perturbed_tensors": len(dirs["x"]),
-             "precision": ls["precision"]}
+             "normalization": landscape.normalization, "perturb_1d": int(landscape.perturb_1d),
+             "perturb_frozen": int(landscape.perturb_frozen), "orthogonal": int(landscape.orthogonal),
+             "direction_seed": landscape.direction_seed, "perturbed_tensors": len(dirs["x"]),
+             "precision": landscape.precision}
     return objective, perturbation, attrs
 
 
 def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: str, out) -> xr.Dataset:
-    ls = settings["landscape"]
+    landscape = LandscapeSettings.of(settings)
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
-    sa, sb = grid.tile_slices(tile, ls["alpha"], ls["beta"], ls["tile"])
-    alphas, betas = grid.axis(ls["alpha"])[sa], grid.axis(ls["beta"])[sb]
+    sa, sb = grid.tile_slices(tile, landscape.alpha, landscape.beta, landscape.tile)
+    alphas, betas = grid.axis(landscape.alpha)[sa], grid.axis(landscape.beta)[sb]
     key = f"{settings['name']}.{settings['objective']}.{tile}"
     faults.sigkill_midway(objective, f"tile:{key}", len(alphas) * len(betas))  # test hooks: inert when unset
     loss, acc = surface.evaluate_tile(objective, perturbation, alphas, betas)
@@ -119,13 +108,14 @@ def surface_tile(settings: dict, data_path, checkpoint, directions_path, tile: s
 def line(settings: dict, data_path, checkpoint, directions_path, out) -> xr.Dataset:
     """The 1-D landscape L(theta + t * dx) for t on `landscape.line`."""
     objective, perturbation, attrs = _setup(settings, data_path, checkpoint, directions_path)
-    ts = grid.axis(settings["landscape"]["line"])
+    line_axis = LandscapeSettings.of(settings).line
+    ts = grid.axis(line_axis)
     losses, accs = surface.evaluate_points(objective, perturbation, [(float(t), 0.0) for t in ts], desc="line")
     if settings["objective"] == "pretext":
         # the line usually passes through the trained weights: reuse that point
         centre = float(losses[ts == 0][0]) if (ts == 0).any() else objective.evaluate()[0]
         attrs.update(pretext_sanity(centre, objective, settings))
-    return _write_path(losses, accs, ts, "alpha", {**attrs, "grid": f"line={settings['landscape']['line']}"}, out)
+    return _write_path(losses, accs, ts, "alpha", {**attrs, "grid": f"line={line_axis}"}, out)
 
 
 # A trained MAE reconstructs far better than predicting zeros; at or above this share of the
@@ -152,11 +142,8 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     `start` / `end` are checkpoint files of the same architecture; weights are moved in place
     along `theta_end - theta_start` (every parameter, buffers taken from `start`).
     """
-    ls = settings["landscape"]
-    device = devices.resolve(ls["device"])
-    prepared = prepare.load_prepared(data_path)
-    objective = objectives.build(settings["objective"], start, settings, prepared, ls["batch_size"],
-                                 ls["mask_seed"], device, ls["precision"])
+    landscape = LandscapeSettings.of(settings)
+    objective = objectives.for_stage(settings, data_path, start, landscape)
     end_settings = {**settings, "trust_checkpoint": settings.get("end_trust_checkpoint", False)}
     end_model = objectives.load_model(settings["objective"], end, end_settings)  # same arch: strict keys
     theta0 = dict(objective.model.named_parameters())
@@ -168,7 +155,7 @@ def interpolate(settings: dict, data_path, start, end, out) -> xr.Dataset:
     attrs = {"name": settings["interpolation"], "objective": settings["objective"],
              "start_model": settings["name"], "end_model": settings["end_model"], "start": str(start),
              "end": str(end), "start_sha256": sha256(start), "end_sha256": sha256(end),
-             "eval_samples": objective.info["eval_samples"], "precision": ls["precision"], "versions": versions()}
+             "eval_samples": objective.info["eval_samples"], "precision": landscape.precision, "versions": versions()}
     return _write_path(losses, accs, ts, "t", attrs, out)
 
 

@@ -129,12 +129,12 @@ def write_zarr(ds: xr.Dataset, out, chunks) -> None:
 
 
 def assemble(settings: dict, tile_files, checkpoint, directions_path, out) -> xr.Dataset:
-    ls = settings["landscape"]
+    axes = [settings["landscape"][k] for k in ("alpha", "beta", "tile")]
     expected = {"checkpoint_sha256": sha256(checkpoint),
                 "directions_sha256": sha256(directions_path),
-                "grid": grid.signature(ls["alpha"], ls["beta"], ls["tile"]),
+                "grid": grid.signature(*axes),
                 "config_hash": config_hash(settings)}
-    ds = join(tile_files, ls["alpha"], ls["beta"], ls["tile"], out, expected)
+    ds = join(tile_files, *axes, out, expected)
     centre = ds.loss.sel(alpha=0, beta=0, method="nearest").item()
     print(f"{out}: {ds.loss.shape} grid, centre loss {centre:.4f}, range {finite_range(ds.loss.values)}")
     warn_nonfinite(ds, f"{ds.attrs['model']}/{ds.attrs['objective']}")

@@ -11,25 +11,10 @@ import time
 import numpy as np
 import xarray as xr
 
-from vitlandscape import devices
-from vitlandscape.data import prepare
 from vitlandscape.landscape import directions, grid, objectives, surface
+from vitlandscape.landscape.settings import LandscapeSettings
 from vitlandscape.metrics import flatness, hessian
-from vitlandscape.storage.outputs import sha256, write_json, write_netcdf
-
-
-def _objective(settings: dict, data_path, checkpoint, batch_size: int | None = None) -> objectives.Objective:
-    ls = settings["landscape"]
-    prepared = prepare.load_prepared(data_path)
-    return objectives.build(settings["objective"], checkpoint, settings, prepared, batch_size or ls["batch_size"],
-                            ls["mask_seed"], devices.resolve(ls["device"]))
-
-
-def _identity(settings: dict, checkpoint, objective: objectives.Objective) -> dict:
-    return {"model": settings["name"], "method": settings["method"], "objective": settings["objective"],
-            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
-            "checkpoint_format": objective.info["checkpoint_format"],
-            "eval_samples": objective.info["eval_samples"]}
+from vitlandscape.storage.outputs import made_for, sha256, write_json, write_netcdf
 
 
 def _curvature(op: hessian.HessianOperator, cfg: dict) -> dict:
@@ -51,13 +36,13 @@ def hessian_metrics(settings: dict, data_path, checkpoint, out) -> dict:
     """Top-k and smallest eigenvalues with residuals, Hutchinson trace and SLQ density of the
     Hessian of the objective's mean loss at the trained weights."""
     cfg = settings["metrics"]["hessian"]
-    objective = _objective(settings, data_path, checkpoint, cfg["batch_size"])
+    objective = objectives.for_stage(settings, data_path, checkpoint, LandscapeSettings.of(settings), cfg["batch_size"])
     start = time.perf_counter()
     op = hessian.HessianOperator(objective)
     centre = objective.evaluate()[0]
     print(f"{settings['name']}/{settings['objective']}: Hessian over {op.size:,} trainable parameters, "
           f"{objective.info['eval_samples']} images, loss {centre:.6g}")
-    result = {**_identity(settings, checkpoint, objective), "parameters": op.size, "centre_loss": centre,
+    result = {**objectives.provenance(settings, checkpoint, objective), "parameters": op.size, "centre_loss": centre,
               **_curvature(op, cfg), "products": op.products, "seconds": time.perf_counter() - start}
     print(f"lambda_max {result['top_eigenvalues'][0]:.6g}, lambda_min {result['min_eigenvalue']:.6g}, "
           f"trace {result['trace']['value']:.6g} +- {result['trace']['stderr']:.2g}; "
@@ -68,12 +53,12 @@ def hessian_metrics(settings: dict, data_path, checkpoint, out) -> dict:
 
 def flatness_metrics(settings: dict, data_path, checkpoint, out) -> dict:
     """E[L(theta + sigma d)] - L(theta) for Gaussian directions d normalised as the surface's."""
-    cfg, ls = settings["metrics"]["flatness"], settings["landscape"]
-    objective = _objective(settings, data_path, checkpoint)
-    found = flatness.gaussian_flatness(objective, cfg["sigmas"], cfg["samples"], cfg["seed"], ls["normalization"],
-                                       ls["perturb_1d"], ls["perturb_frozen"])
-    result = {**_identity(settings, checkpoint, objective), "seed": cfg["seed"],
-              "normalization": ls["normalization"], **found}
+    cfg, landscape = settings["metrics"]["flatness"], LandscapeSettings.of(settings)
+    objective = objectives.for_stage(settings, data_path, checkpoint, landscape)
+    found = flatness.gaussian_flatness(objective, cfg["sigmas"], cfg["samples"], cfg["seed"], landscape.normalization,
+                                       landscape.perturb_1d, landscape.perturb_frozen)
+    result = {**objectives.provenance(settings, checkpoint, objective), "seed": cfg["seed"],
+              "normalization": landscape.normalization, **found}
     for sigma, rise, err, dropped in zip(found["sigmas"], found["mean_rise"], found["stderr"],
                                          found["nonfinite_samples"]):
         print(f"sigma {sigma:g}: loss rise {rise:.6g} +- {err:.2g} ({found['samples']} samples)")
@@ -89,8 +74,10 @@ def ratio_map(settings: dict, data_path, checkpoint, directions_path, out) -> xr
     grid in the surface's own plane (Li et al. 2018, Fig. 7): near 0 the loss is locally
     convex, large values mark strong negative curvature."""
     cfg = settings["metrics"]["ratio_map"]
-    objective = _objective(settings, data_path, checkpoint, settings["metrics"]["hessian"]["batch_size"])
+    objective = objectives.for_stage(settings, data_path, checkpoint, LandscapeSettings.of(settings),
+                                     settings["metrics"]["hessian"]["batch_size"])
     dirs, meta = directions.load(directions_path)
+    made_for(checkpoint, meta, f"directions {directions_path} were made")
     perturbation = surface.Perturbation(objective.model, dirs)
     alphas, betas = grid.axis(cfg["alpha"]), grid.axis(cfg["beta"])
     fields = {k: np.full((len(alphas), len(betas)), np.nan) for k in ("ratio", "lambda_max", "lambda_min")}
@@ -108,7 +95,7 @@ def ratio_map(settings: dict, data_path, checkpoint, directions_path, out) -> xr
                       f"lambda_min {found['min_eigenvalue']:.4g}, ratio {found['ratio_min_max']:.4f}")
     finally:
         perturbation.restore()
-    attrs = {**_identity(settings, checkpoint, objective), "directions_sha256": sha256(directions_path),
+    attrs = {**objectives.provenance(settings, checkpoint, objective), "directions_sha256": sha256(directions_path),
              **{k: meta.get(k, "?") for k in ("normalization", "perturb_1d", "perturb_frozen")},
              "lanczos_steps": cfg["lanczos_steps"], "tolerance": str(cfg["tolerance"]), "products": op.products}
     ds = xr.Dataset({k: (("alpha", "beta"), v) for k, v in fields.items()},

@@ -77,6 +77,16 @@ def write_json(obj, path) -> None:
         tmp.write_text(text)
 
 
+def write_yaml(config: dict, path) -> None:
+    """A config as YAML, keys in their order (the write-config stage)."""
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False)
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {path}")
+
+
 def write_netcdf(ds, path) -> None:
     """Write a small xarray dataset as netCDF, atomically (tmp + rename)."""
     with replacing(path) as tmp:
@@ -89,6 +99,22 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_identity(checkpoint, checkpoint_format: str) -> dict:
+    """The checkpoint a result was computed from, as every result file records it."""
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
+            "checkpoint_format": checkpoint_format}
+
+
+def made_for(checkpoint, meta: dict, what: str) -> str:
+    """The checkpoint's sha256, after checking that a file recorded for a checkpoint (its
+    metadata `meta`: directions, snapshots) was recorded for this one; `what` names the file."""
+    checkpoint_sha = sha256(checkpoint)
+    if meta.get("checkpoint_sha256") not in (None, checkpoint_sha):
+        raise ValueError(f"{what} for checkpoint sha256 {meta['checkpoint_sha256']}, but {checkpoint} has "
+                         f"{checkpoint_sha}")
+    return checkpoint_sha
 
 
 def write_safetensors(tensors: dict, metadata: dict, path) -> None:

@@ -3,7 +3,6 @@
 Each stage trains as its recipe says (`recipes.resolve`: optimizer and parameter groups,
 per-step schedule, augmentation, mixed precision); the defaults are the official recipes.
 """
-import contextlib
 import copy
 import math
 
@@ -27,17 +26,9 @@ def learning_rate(step: int, total: int, warmup: int, base_lr: float, min_lr: fl
     return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass and loss (weights, gradients and optimizer state stay
-    float32), or nothing for 'fp32'."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return devices.bf16_autocast(device)
-
-
-def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=None, record=None,
+def fit(groups: list[dict], step_loss, batches, stage_cfg: dict, desc: str, after_step=None, record=None,
         augmentation=None) -> list[dict]:
-    """Run `hp['epochs']` epochs of the recipe's optimizer on `step_loss(images, targets, step)`,
+    """Run `stage_cfg['epochs']` epochs of the recipe's optimizer on `step_loss(images, targets, step)`,
     which returns the loss, or (loss, parts): a dict of the loss's parts, recorded in `record`'s curve.
 
     `groups`: optim.param_groups, each group's lr is the schedule's times its `lr_scale`.
@@ -47,24 +38,24 @@ def fit(groups: list[dict], step_loss, batches, hp: dict, desc: str, after_step=
     `record` (recording.TrainingRecord, watching its model): one curve row a step, and its
     snapshots. Returns a per-epoch history of mean loss and learning rate.
     """
-    recipe = hp["recipe"]
+    recipe = stage_cfg["recipe"]
     optimizer = optim.make_optimizer(recipe["optimizer"], groups, betas=tuple(recipe["betas"]))
     device = groups[0]["params"][0].device
-    total, warmup = hp["epochs"] * len(batches), hp["warmup_epochs"] * len(batches)
+    total, warmup = stage_cfg["epochs"] * len(batches), stage_cfg["warmup_epochs"] * len(batches)
     history, step = [], 0
     if record is not None:
         record.begin(total)
-    bar = progress.bar(range(hp["epochs"]), desc, unit="epoch")
+    bar = progress.bar(range(stage_cfg["epochs"]), desc, unit="epoch")
     for epoch in bar:
         losses = []
         for images, labels in batches:
-            lr = learning_rate(step, total, warmup, hp["lr"], recipe["min_lr"])
+            lr = learning_rate(step, total, warmup, stage_cfg["lr"], recipe["min_lr"])
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if augmentation is not None:
                 images, labels = augmentation(images, labels)
-            with autocast(device, recipe["precision"]):
+            with devices.precision(recipe["precision"], device):  # weights, gradients, optimizer: fp32
                 loss = step_loss(images, labels, step)
             loss, parts = loss if isinstance(loss, tuple) else (loss, {})
             optimizer.zero_grad(set_to_none=True)
@@ -92,8 +83,8 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
 # ---- MAE and RC-MAE ----
 
-def pretrain_mae(model, batches, cfg: dict, hp: dict, rcmae: bool, record=None, augmentation=None):
-    """MAE pretraining with the model's `cfg` and its stage's `hp` (`recipes.resolve`); with
+def pretrain_mae(model, batches, cfg: dict, stage_cfg: dict, rcmae: bool, record=None, augmentation=None):
+    """MAE pretraining with the model's `cfg` and its stage's `stage_cfg` (`recipes.resolve`); with
     `rcmae`, an EMA teacher adds a consistency loss (its weights stay float32: the EMA update
     runs after the step, outside autocast). `record` follows the weights the checkpoint's
     `model` keeps (for RC-MAE, per `downstream_weights`); `augmentation` as in `fit`.
@@ -107,7 +98,7 @@ def pretrain_mae(model, batches, cfg: dict, hp: dict, rcmae: bool, record=None, 
         teacher = copy.deepcopy(model).eval()
         teacher.requires_grad_(False)
 
-    total = hp["epochs"] * len(batches)
+    total = stage_cfg["epochs"] * len(batches)
 
     def momentum(step):
         return ema_momentum(step, total, cfg["ema_momentum"], cfg["ema_schedule"])
@@ -128,9 +119,9 @@ def pretrain_mae(model, batches, cfg: dict, hp: dict, rcmae: bool, record=None, 
     if record is not None:
         record.watch(teacher if teacher is not None and cfg["downstream_weights"] == "teacher" else model)
     torch.manual_seed(cfg["seed"])
-    groups = optim.param_groups(model, hp["weight_decay"], hp["recipe"]["layer_decay"],
-                                hp["recipe"]["no_weight_decay"])
-    history = fit(groups, step_loss, batches, hp, desc="rcmae pretrain" if rcmae else "mae pretrain",
+    groups = optim.param_groups(model, stage_cfg["weight_decay"], stage_cfg["recipe"]["layer_decay"],
+                                stage_cfg["recipe"]["no_weight_decay"])
+    history = fit(groups, step_loss, batches, stage_cfg, desc="rcmae pretrain" if rcmae else "mae pretrain",
                   after_step=update_teacher if rcmae else None, record=record, augmentation=augmentation)
     return history, teacher
 
@@ -149,20 +140,20 @@ def accuracy(model, batches) -> float:
     return correct / count
 
 
-def train_classifier(model, batches, hp: dict, desc: str, record=None, augmentation=None) -> list[dict]:
+def train_classifier(model, batches, stage_cfg: dict, desc: str, record=None, augmentation=None) -> list[dict]:
     """Cross-entropy training of every parameter that trains (supervised ViT, fine-tuning),
     with the recipe's parameter groups (layer-wise lr decay, no weight decay on its list)."""
     model.train()
-    recipe = hp["recipe"]
+    recipe = stage_cfg["recipe"]
 
     def step_loss(images, targets, step):
         return classification_loss(model(images), targets, recipe["label_smoothing"])
 
     if record is not None:
         record.watch(model)
-    torch.manual_seed(hp["seed"])
-    groups = optim.param_groups(model, hp["weight_decay"], recipe["layer_decay"], recipe["no_weight_decay"])
-    return fit(groups, step_loss, batches, hp, desc=desc, record=record, augmentation=augmentation)
+    torch.manual_seed(stage_cfg["seed"])
+    groups = optim.param_groups(model, stage_cfg["weight_decay"], recipe["layer_decay"], recipe["no_weight_decay"])
+    return fit(groups, step_loss, batches, stage_cfg, desc=desc, record=record, augmentation=augmentation)
 
 
 def encode(model, images: torch.Tensor) -> torch.Tensor:
@@ -179,7 +170,7 @@ def cls_features(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
-def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentation=None) -> list[dict]:
+def linear_probe(model, batches, stage_cfg: dict, cached: bool, record=None, augmentation=None) -> list[dict]:
     """Train only the head on the frozen encoder's cls token.
 
     cached: `batches` are the training split in order, not augmented; the features are
@@ -190,7 +181,7 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentati
     model.requires_grad_(False)
     model.head.requires_grad_(True)
     if cached:
-        batches = prepare.TensorBatches(cls_features(model, batches), hp["batch_size"], hp["seed"])
+        batches = prepare.TensorBatches(cls_features(model, batches), stage_cfg["batch_size"], stage_cfg["seed"])
     model.eval()
     model.head.train()
 
@@ -198,29 +189,29 @@ def linear_probe(model, batches, hp: dict, cached: bool, record=None, augmentati
         if not cached:
             with torch.no_grad():
                 x = encode(model, x)
-        return classification_loss(model.head(x), labels, hp["recipe"]["label_smoothing"])
+        return classification_loss(model.head(x), labels, stage_cfg["recipe"]["label_smoothing"])
 
     if record is not None:
         record.watch(model)
-    torch.manual_seed(hp["seed"])
-    groups = optim.param_groups(model, hp["weight_decay"])
-    history = fit(groups, step_loss, batches, hp, desc="linear probe", record=record,
+    torch.manual_seed(stage_cfg["seed"])
+    groups = optim.param_groups(model, stage_cfg["weight_decay"])
+    history = fit(groups, step_loss, batches, stage_cfg, desc="linear probe", record=record,
                   augmentation=augmentation)
     model.eval()
     return history
 
 
-def downstream(mae_state: dict, arch: dict, num_classes: int, batches, hp: dict, head: str, device="cpu",
+def downstream(mae_state: dict, arch: dict, num_classes: int, batches, stage_cfg: dict, *, head: str, device="cpu",
                cached: bool = True, record=None, augmentation=None):
-    """Linear probe or fine-tune (globally pooled when `hp['global_pool']`) on top of an MAE
-    encoder (see `linear_probe` for `batches` and `cached`); `hp` as `recipes.resolve` gives it.
+    """Linear probe or fine-tune (globally pooled when `stage_cfg['global_pool']`) on top of an MAE
+    encoder (see `linear_probe` for `batches` and `cached`); `stage_cfg` as `recipes.resolve` gives it.
     Returns (model, history)."""
-    torch.manual_seed(hp["seed"])  # the head's initialisation
-    model = build_classifier(arch, num_classes, head, hp.get("global_pool", False), hp["recipe"]["drop_path"])
+    torch.manual_seed(stage_cfg["seed"])  # the head's initialisation
+    model = build_classifier(arch, num_classes, head, stage_cfg.get("global_pool", False), stage_cfg["recipe"]["drop_path"])
     load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
     model.to(device)
     if head == "probe":
-        history = linear_probe(model, batches, hp, cached, record, augmentation)
+        history = linear_probe(model, batches, stage_cfg, cached, record, augmentation)
     else:
-        history = train_classifier(model, batches, hp, desc="fine-tune", record=record, augmentation=augmentation)
+        history = train_classifier(model, batches, stage_cfg, desc="fine-tune", record=record, augmentation=augmentation)
     return model, history

@@ -104,13 +104,13 @@ def problems(key: str, model_cfg: dict, stage: str) -> list[str]:
     found = []
     if given.get("lr") is not None and given.get("blr") is not None:
         found.append(f"{key}: give lr (absolute) or blr (per {BASE_BATCH} images), not both")
-    hp = resolve(model_cfg, stage)
-    recipe = hp["recipe"]
+    stage_cfg = resolve(model_cfg, stage)
+    recipe = stage_cfg["recipe"]
     if recipe["crop_scale"] and recipe["crop_scale"][0] > recipe["crop_scale"][1]:
         found.append(f"{key}.recipe.crop_scale: {recipe['crop_scale']} is not [smallest, largest] area fraction")
-    if (recipe["mixup"] or recipe["cutmix"]) and hp["batch_size"] % 2:
+    if (recipe["mixup"] or recipe["cutmix"]) and stage_cfg["batch_size"] % 2:
         found.append(f"{key}.recipe: mixup/cutmix pair each image with another of its batch; "
-                     f"batch_size {hp['batch_size']} must be even")
+                     f"batch_size {stage_cfg['batch_size']} must be even")
     why = {"probe": "the linear probe trains only its head on the frozen encoder",
            "pretrain": "MAE pretraining has no labels or classifier"}.get(stage)
     if why and (stage, model_cfg["method"]) != ("pretrain", "supervised"):

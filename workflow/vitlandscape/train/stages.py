@@ -10,7 +10,7 @@ from vitlandscape.landscape import objectives
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats
-from vitlandscape.storage.outputs import sha256, write_json
+from vitlandscape.storage.outputs import checkpoint_identity, sha256, write_json
 from vitlandscape.train import loops, recipes
 
 # Batch size of accuracy and feature passes (no gradients).
@@ -39,16 +39,16 @@ def pretrain(cfg: dict, data_path, out, device="cpu", workers=0) -> dict:
 def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None) -> dict:
     """The checkpoint `pretrain` saves; `record` (recording.TrainingRecord) follows the training."""
     method = cfg["method"]
-    hp = recipes.resolve(cfg, "pretrain")
-    batches = prepare.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
-    augmentation = batch_augmentation(hp, prepared)
+    stage_cfg = recipes.resolve(cfg, "pretrain")
+    batches = prepare.train_batches(prepared, stage_cfg["recipe"], stage_cfg["batch_size"], stage_cfg["seed"], workers, device)
+    augmentation = batch_augmentation(stage_cfg, prepared)
     torch.manual_seed(cfg["seed"])
     if method == "supervised":
         arch = resolve_arch(cfg["arch"], with_decoder=False)
         check_image_size(arch, prepared, cfg["name"])
         model = build_classifier(arch, prepared["num_classes"], head="supervised",
-                                 drop_path=hp["recipe"]["drop_path"]).to(device)
-        history = loops.train_classifier(model, batches, hp, desc="supervised", record=record,
+                                 drop_path=stage_cfg["recipe"]["drop_path"]).to(device)
+        history = loops.train_classifier(model, batches, stage_cfg, desc="supervised", record=record,
                                          augmentation=augmentation)
         top1 = loops.accuracy(model, prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device))
         ckpt = {"kind": "classifier", "head": "supervised", "method": method, "arch": arch,
@@ -59,7 +59,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         arch = resolve_arch(cfg["arch"], with_decoder=True)
         check_image_size(arch, prepared, cfg["name"])
         model = build_mae(arch, cfg["norm_pix_loss"]).to(device)
-        history, teacher = loops.pretrain_mae(model, batches, cfg, hp, rcmae=method == "rcmae", record=record,
+        history, teacher = loops.pretrain_mae(model, batches, cfg, stage_cfg, rcmae=method == "rcmae", record=record,
                                               augmentation=augmentation)
         ckpt = {"kind": "mae", "method": method, "arch": arch, "norm_pix_loss": cfg["norm_pix_loss"],
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
@@ -71,16 +71,16 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
     return ckpt
 
 
-def batch_augmentation(hp: dict, prepared: dict) -> Augmentation | None:
+def batch_augmentation(stage_cfg: dict, prepared: dict) -> Augmentation | None:
     """The recipe's augmentation of each training batch, or None when it changes nothing; a
     streamed folder's loader has cropped and flipped each image already."""
-    recipe = hp["recipe"]
+    recipe = stage_cfg["recipe"]
     if prepare.is_streaming(prepared):
         recipe = {**recipe, "crop_scale": None, "hflip": 0.0}
     if not recipes.augments(recipe):
         return None
-    # Its own seed: the shuffle's generator uses hp["seed"].
-    return Augmentation(recipe, prepared["num_classes"], hp["seed"] + 1)
+    # Its own seed: the shuffle's generator uses stage_cfg["seed"].
+    return Augmentation(recipe, prepared["num_classes"], stage_cfg["seed"] + 1)
 
 
 def train_top1(model, prepared: dict, device) -> tuple[float, int]:
@@ -103,20 +103,21 @@ def downstream_training(cfg: dict, stage: str, prepared: dict, device, workers=0
     """`run(encoder_state, record=None) -> (model, history)`: the probe or fine-tuning of `stage`."""
     arch = resolve_arch(cfg["arch"], with_decoder=False)
     check_image_size(arch, prepared, cfg["name"])
-    hp = recipes.resolve(cfg, stage)
+    stage_cfg = recipes.resolve(cfg, stage)
     cached = stage == "probe" and recipes.probe_features_cached(cfg)
 
     def run(state, record=None):
         if cached:
             batches = prepare.ordered_batches(prepared, "train", EVAL_BATCH, workers, device)
         else:
-            batches = prepare.train_batches(prepared, hp["recipe"], hp["batch_size"], hp["seed"], workers, device)
-        return loops.downstream(state, arch, prepared["num_classes"], batches, hp, stage, device, cached, record,
-                                None if cached else batch_augmentation(hp, prepared))
+            batches = prepare.train_batches(prepared, stage_cfg["recipe"], stage_cfg["batch_size"], stage_cfg["seed"], workers, device)
+        return loops.downstream(state, arch, prepared["num_classes"], batches, stage_cfg, head=stage, device=device,
+                                cached=cached, record=record,
+                                augmentation=None if cached else batch_augmentation(stage_cfg, prepared))
     return run
 
 
-def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, device="cpu", workers=0) -> dict:
+def downstream(cfg: dict, stage: str, data_path, checkpoint, *, out, metrics_out, device="cpu", workers=0) -> dict:
     """Linear probe (`stage='probe'`) or fine-tuning (`'finetune'`) of an MAE encoder."""
     device = devices.resolve(device)
     prepared = prepare.load_prepared(data_path)
@@ -131,8 +132,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, out, metrics_out, d
     top1, images = train_top1(model, prepared, device)
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage, "test_top1": test_top1(model),
                "train_top1": top1, "train_top1_images": images,
-               "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
-               "checkpoint_format": pretrained.format}
+               **checkpoint_identity(checkpoint, pretrained.format)}
     if stage == "probe":
         # The same probe on a randomly initialised encoder: what pretraining adds.
         torch.manual_seed(cfg["seed"])
@@ -161,8 +161,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
     metrics = {"model": cfg["name"], "method": cfg["method"], "stage": stage,
                "test_top1": loops.accuracy(model.to(device),
                                            prepare.ordered_batches(prepared, "test", EVAL_BATCH, workers, device)),
-               "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
-               "checkpoint_format": ckpt.format}
+               **checkpoint_identity(checkpoint, ckpt.format)}
     write_json(metrics, metrics_out)
     print(json.dumps(metrics, indent=2))
     return metrics
@@ -175,7 +174,7 @@ def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="
 REPLAY_TOLERANCE = 1e-3
 
 
-def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, snapshots_out, curve_out,
+def trajectory(cfg: dict, stage: str, schedule: dict, data_path, checkpoint, *, snapshots_out, curve_out,
                pretrained=None, device="cpu", workers=0) -> dict:
     """Train `stage` (pretrain, probe or finetune) again, as its rule did, recording the loss
     curve and weight snapshots on `schedule`: a changed schedule then never retrains the
