@@ -13,7 +13,9 @@ README shows (FIGURES) are copied from it into docs/ at a width that reads on a 
 written and the exit status is 1, with a diff, when a block differs from what the run gives
 (tests/test_workflow_e2e.py checks the README against a fresh default run this way). Only
 numbers a rerun reproduces on the same machine are quoted: accuracies, verdicts, steps, losses,
-distances; wall times vary between runs and are stated as measurements instead.
+distances; wall times vary between runs and are stated as measurements instead. The `kernels`
+block says which CPU kernels the run had (run the script where the workflow ran): the end-to-end
+test compares only on machines with the same ones.
 """
 import argparse
 import difflib
@@ -141,7 +143,17 @@ def code_tree(_results: Path) -> str:
     return _table(["package", "lines", "what", "modules"], rows)
 
 
-QUOTES = {"code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
+def kernels(_results: Path) -> str:
+    """Which CPU kernels torch ran: other kernels (AVX2 against AVX-512, say) round differently and
+    training amplifies it, so the quoted numbers are those of machines with these kernels. The
+    script runs where the workflow ran."""
+    import torch
+
+    return (f"These numbers come from a run on torch's {torch.backends.cpu.get_cpu_capability()} CPU kernels "
+            "(`torch.backends.cpu.get_cpu_capability()`); other kernels give other last digits.\n")
+
+
+QUOTES = {"kernels": kernels, "code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
 # docs/ figure -> (the run's figure, width in pixels)
 FIGURES = {"docs/mae_vs_supervised.png": ("figures/compare/mae_vs_supervised_compare.png", 738),
            "docs/mae_vs_rcmae_trajectory.png": ("figures/trajectories/mae_vs_rcmae/pretrain_path.png", 960)}
