@@ -114,6 +114,7 @@ MAE = SURFACES[:2]
 TILES = ["a0_b0", "a0_b1", "a1_b0", "a1_b1"]
 COMPARISONS = [("compare_figures", {"name": n}) for n in ("mae_vs_supervised", "mae_vs_rcmae_pretext",
                                                             "mae_vs_rcmae_probe")]
+RECONSTRUCTIONS = [("reconstructions_figure", {"model": m}) for m in ("mae", "rcmae")]  # of each pretext surface
 LANDSCAPE_RULES = {"directions", "surface_tile", "assemble", "line", "interpolate", "trajectory_plane",
                    "trajectory_tile", "trajectory_assemble"}
 
@@ -173,8 +174,8 @@ def touch(workdir) -> None:
 
 @pytest.mark.subprocess
 def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_reach_it(finished):
-    """Only landscape and metrics code reaches landscape/directions.py: their rules rerun for their own
-    code, figures and training do not (they rerun only for renewed inputs)."""
+    """Only landscape, metrics and reconstruction code reaches landscape/directions.py: their rules
+    rerun for their own code, other figures and training do not (they rerun only for renewed inputs)."""
     library = finished / "workflow/vitlandscape"
     original = (library / "landscape/directions.py").read_text()
     try:
@@ -188,7 +189,7 @@ def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_re
         (library / "landscape/directions.py").write_text(original)
         (library / "newmod.py").unlink()
         touch(finished)
-    assert changed == LANDSCAPE_RULES | {"hessian", "flatness"}
+    assert changed == LANDSCAPE_RULES | {"hessian", "flatness", "reconstructions_figure"}
     assert LANDSCAPE_RULES <= planned and "pretrain" not in planned
 
 
@@ -196,6 +197,7 @@ def test_editing_a_module_newly_imported_by_directions_reruns_the_stages_that_re
 def test_a_new_direction_seed_reruns_directions_and_what_uses_them(finished):
     jobs = planned_jobs(finished, "--configfile", changed_config(finished, lambda ls: ls.update(direction_seed=1)))
     expected = per_surface(["directions", "assemble", "line", "surface_figures", "line_figure"], SURFACES, TILES)
+    expected += RECONSTRUCTIONS
     assert same_jobs(jobs, expected + COMPARISONS + [("metrics_tables", {}), ("effective_config", {}), ("all", {})])
 
 
@@ -204,6 +206,7 @@ def test_a_new_grid_reruns_its_tiles_and_surfaces_but_not_the_directions(finishe
     jobs = planned_jobs(finished, "--configfile", changed_config(finished, lambda ls: ls.update(alpha=[-1.0, 1.0, 11])))
     # 11 values of alpha in tiles of 11 x 11: one row of tiles; the line records the grid it belongs to
     expected = per_surface(["assemble", "line", "surface_figures", "line_figure"], SURFACES, ["a0_b0", "a0_b1"])
+    expected += RECONSTRUCTIONS
     assert same_jobs(jobs, expected + COMPARISONS + [("metrics_tables", {}), ("effective_config", {}), ("all", {})])
 
 
@@ -220,7 +223,8 @@ def test_a_rewritten_checkpoint_reruns_only_what_is_measured_on_it(finished):
     expected = per_surface(["directions", "assemble", "line", "hessian", "flatness", "surface_figures", "line_figure"],
                            MAE, TILES)
     expected += [("downstream", {"model": "mae", "stage": s}) for s in ("probe", "finetune")]
-    expected += [("interpolate", {"name": "mae_to_rcmae"}), ("interpolation_figure", {"name": "mae_to_rcmae"})]
+    expected += [("interpolate", {"name": "mae_to_rcmae"}), ("interpolation_figure", {"name": "mae_to_rcmae"}),
+                 ("reconstructions_figure", {"model": "mae"})]
     expected += trajectory_jobs(["mae"], ["mae", "mae_vs_rcmae"])
     aggregates = ["spectrum_figure", "metrics_tables", "accuracy_table", "all"]
     assert same_jobs(jobs, expected + COMPARISONS + [(rule, {}) for rule in aggregates])

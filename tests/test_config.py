@@ -44,7 +44,7 @@ def _delete(path):
 SCHEMA_ERRORS = [
     (_set("models.mae.pretrain", {"epoch": 3}), ["'epoch' was unexpected", "['models']['mae']['pretrain']"]),
     (_set("models.mae.method", "moco"), ["'moco' is not one of", "['models']['mae']['method']"]),
-    (_set("data.dataset", "mnist"), ["'mnist' is not one of", "['data']['dataset']"]),
+    (_set("data.dataset", "svhn"), ["'svhn' is not one of", "['data']['dataset']"]),
     (_set("data.image_size", "16"), ["'16' is not of type 'integer'", "['data']['image_size']"]),
     (_set("models.mae.mask_ratio", 1.0), ["mask_ratio", "1.0"]),
     (_set("models.mae.pretrain.lr", -1), ["-1 is less than or equal to the minimum of 0"]),

@@ -213,12 +213,13 @@ def test_validate_config_fills_defaults_as_snakemake_does_and_raises_one_line_ea
     assert bare["models"]["a"]["accuracy"] == ["probe", "finetune"]
     assert bare["models"]["a"]["accuracy"] is not bare["models"]["b"]["accuracy"]  # never the schema's object
     bad = copy.deepcopy(default_config)
-    bad["data"].update(eval_samples=0, dataset="mnist")
+    bad["data"].update(eval_samples=0, dataset="svhn")
     with pytest.raises(configcheck.ConfigError) as err:
         configcheck.validate_config(bad, SCHEMA)
     assert str(err.value).splitlines() == [
         "invalid config:",
-        '  data.dataset: "mnist" is not allowed; expected one of digits, npz, imagefolder, cifar',
+        '  data.dataset: "svhn" is not allowed; expected one of digits, npz, imagefolder, cifar, fashion_mnist, mnist, cifar10, '
+        'cifar100',
         "  data.eval_samples: 0 is out of range; expected an integer >= 1"]
 
 

@@ -112,7 +112,7 @@ def test_every_figure_is_a_valid_file(workflow_run):
     for store in surfaces:
         model, objective = store.parent.name, store.stem
         ds = xr.open_zarr(store)
-        for kind in kinds | ({"accuracy"} if objective != "pretext" else set()):
+        for kind in kinds | ({"accuracy"} if objective != "pretext" else {"reconstructions"}):
             check_png(figures / model / f"{objective}_{kind}.png")
             check_pdf(figures / model / f"{objective}_{kind}.pdf")
         check_html(figures / model / f"{objective}.html", ds)
@@ -125,6 +125,8 @@ def test_every_figure_is_a_valid_file(workflow_run):
     check_png(figures / "metrics/hessian_spectrum.png")
     check_pdf(figures / "metrics/hessian_spectrum.pdf")
     assert len(list(figures.rglob("*.png"))) == len(list(figures.rglob("*.pdf")))
+    log = (workdir / "results/logs/reconstructions_figure/mae.log").read_text()
+    assert log.count("(as the surface holds)") == 4  # the trained weights and three points, checked against it
 
 
 def test_trajectories_are_drawn_around_the_checkpoints_and_measured(workflow_run):
@@ -266,8 +268,9 @@ def test_changing_figure_settings_reruns_only_figures(workflow_run):
         config["figures"]["basin_delta"] = 0.5
 
     rules = {rule for rule, _ in planned_jobs(workdir, "--configfile", _write_config(workdir, bigger_delta))}
-    assert rules <= FIGURE_RULES | {"effective_config", "all"}
-    assert FIGURE_RULES <= rules
+    drawn = FIGURE_RULES | {"reconstructions_figure"}  # it draws with the figure settings too
+    assert rules <= drawn | {"effective_config", "all"}
+    assert drawn <= rules
 
 
 # Which rules run each stage's code, and which stages use each library module: the
@@ -278,16 +281,16 @@ STAGE_RULES = {"prepare_data": {"prepare_data"}, "train": {"pretrain", "downstre
                "landscape": {"directions", "surface_tile", "assemble", "line", "interpolate", "trajectory_plane",
                              "trajectory_tile", "trajectory_assemble"},
                "figures": FIGURE_RULES, "metrics": {"hessian", "flatness"}, "metrics_tables": {"metrics_tables"},
-               "convergence": {"convergence_table"}}
+               "convergence": {"convergence_table"}, "reconstructions": {"reconstructions_figure"}}
 EVERY_STAGE = set(STAGE_RULES)
-MODEL_STAGES = {"train", "landscape", "metrics"}
+MODEL_STAGES = {"train", "landscape", "metrics", "reconstructions"}
 DATA_STAGES = MODEL_STAGES | {"prepare_data"}
 MODULE_STAGES = {
     "__init__.py": EVERY_STAGE, "progress.py": DATA_STAGES, "devices.py": MODEL_STAGES,
     # the test hooks (inert unless the tests set their variables) run inside training and tiles
     "faults.py": {"train", "landscape"},
     "data/__init__.py": DATA_STAGES, "data/common.py": DATA_STAGES, "data/prepare.py": DATA_STAGES,
-    "data/imagefolder.py": DATA_STAGES,
+    "data/imagefolder.py": DATA_STAGES, "data/files.py": DATA_STAGES,
     "storage/__init__.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
     "storage/outputs.py": DATA_STAGES | {"table", "metrics_tables", "convergence"},
     "storage/checkpoints.py": DATA_STAGES | {"table"}, "storage/formats.py": MODEL_STAGES,
@@ -301,16 +304,20 @@ MODULE_STAGES = {
     "train/optim.py": {"train"},
     "landscape/__init__.py": MODEL_STAGES, "landscape/objectives.py": MODEL_STAGES,
     "landscape/stages.py": {"landscape"}, "landscape/tiles.py": {"landscape"},
-    "landscape/trajectory_plane.py": {"landscape"}, "landscape/directions.py": {"landscape", "metrics"},
-    "landscape/grid.py": {"landscape", "metrics"}, "landscape/surface.py": {"landscape", "metrics"},
-    "landscape/settings.py": {"landscape", "metrics"},
-    "metrics/__init__.py": {"table", "metrics", "metrics_tables", "convergence", "figures"},
+    "landscape/trajectory_plane.py": {"landscape"},
+    "landscape/directions.py": {"landscape", "metrics", "reconstructions"},
+    "landscape/grid.py": {"landscape", "metrics"},
+    "landscape/surface.py": {"landscape", "metrics", "reconstructions"},
+    "landscape/settings.py": {"landscape", "metrics", "reconstructions"},
+    "metrics/__init__.py": {"table", "metrics", "metrics_tables", "convergence", "figures", "reconstructions"},
     "metrics/accuracy.py": {"table"}, "metrics/stages.py": {"metrics"}, "metrics/hessian.py": {"metrics"},
     "metrics/flatness.py": {"metrics"}, "metrics/tables.py": {"metrics_tables"},
-    "metrics/basins.py": {"metrics_tables", "figures"},  # figures mark the centre as the metrics take it "metrics/findings.py": {"metrics_tables"},
-    "metrics/convergence.py": {"convergence"}, "metrics/curves.py": {"convergence", "figures"},
-    "figures/__init__.py": {"figures"}, "figures/stages.py": {"figures"}, "figures/surfaces.py": {"figures"},
-    "figures/trajectories.py": {"figures"}, "figures/interactive.py": {"figures"},
+    # figures mark the centre and draw basins as the metrics measure them
+    "metrics/basins.py": {"metrics_tables", "figures", "reconstructions"}, "metrics/findings.py": {"metrics_tables"},
+    "metrics/convergence.py": {"convergence"}, "metrics/curves.py": {"convergence", "figures", "reconstructions"},
+    **dict.fromkeys(("figures/__init__.py", "figures/stages.py", "figures/surfaces.py", "figures/trajectories.py",
+                     "figures/interactive.py"), {"figures", "reconstructions"}),
+    "figures/reconstructions.py": {"reconstructions"},
     # argument parsing, the code hashes, config checks (with the checkpoint-header and schema-error
     # helpers), the cost planner (and its throughput measurement) and the benchmark compute no result
     "cli.py": set(), "__main__.py": set(), "codehash.py": set(), "configcheck.py": set(),
@@ -318,7 +325,7 @@ MODULE_STAGES = {
     "landscape/throughput.py": set(), "landscape/bench.py": set(), "landscape/bench_cases.py": set(),
     # where results go (the rules read it when Snakemake parses them: outputs, not params) and
     # where the schema is, whose defaults the figures draw with
-    "paths.py": {"figures"},
+    "paths.py": {"figures", "reconstructions"},
     # how jobs start (forked from a warm server) changes no result
     "warmstart.py": set(),
 }

@@ -287,8 +287,16 @@ def figure_prefix(wildcards, output):
 
 
 def figure_settings():
-    """The figure options (not the list of comparisons): only figure rules depend on them."""
-    return as_json({k: v for k, v in FIGURES.items() if k != "compare"})
+    """The figure options (not the list of comparisons, nor the reconstructions' own options):
+    only figure rules depend on them."""
+    return as_json({k: v for k, v in FIGURES.items() if k not in ("compare", "reconstructions")})
+
+
+def reconstruction_settings(w):
+    """The pretext objective's evaluation, the figure options and the reconstructions' own."""
+    settings = landscape_settings(w.model, "pretext", ["mask_seed", "batch_size", "device", "precision"])
+    return as_json({**settings, "figures": json.loads(figure_settings()),
+                    "reconstructions": FIGURES["reconstructions"]})
 
 
 def comparison_surfaces(w):
@@ -302,6 +310,8 @@ def figure_targets():
         surface_kinds = kinds + (["accuracy"] if objective != "pretext" else [])
         files += expand(f"results/figures/{name}/{objective}_{{kind}}.{{fmt}}", kind=surface_kinds, fmt=FORMATS)
         files += [f"results/figures/{name}/{objective}.html", f"results/figures/{name}/{objective}.vts"]
+        if objective == "pretext":
+            files += expand(f"results/figures/{name}/pretext_reconstructions.{{fmt}}", fmt=FORMATS)
     files += expand("results/figures/interpolations/{name}_path.{fmt}", name=INTERPOLATIONS, fmt=FORMATS)
     files += expand("results/figures/compare/{name}_{kind}.{fmt}", name=COMPARISONS, kind=["compare", "basins"],
                     fmt=FORMATS)

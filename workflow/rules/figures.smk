@@ -110,6 +110,43 @@ rule line_figure:
         "vitlandscape plot-path --settings {params.settings:q} --path {input} --prefix {params.prefix} > {log} 2>&1"
 
 
+rule reconstructions_figure:
+    """MAE reconstructions along a pretext surface's x direction: it runs the model on the whole
+    evaluation set at each point (as a line does), so it gets the landscape's device and threads."""
+    input:
+        data=DATA_FILE,
+        checkpoint=lambda w: objective_checkpoint_path(w.model, "pretext"),
+        directions="results/directions/{model}/pretext.safetensors",
+        surface="results/surfaces/{model}/pretext.zarr",
+    output:
+        report(
+            expand("results/figures/{{model}}/pretext_reconstructions.{fmt}", fmt=FORMATS),
+            caption="../report/reconstructions.rst",
+            category="Landscapes",
+            subcategory="{model}",
+            labels={"model": "{model}", "objective": "pretext", "figure": "reconstructions"},
+        ),
+    params:
+        settings=reconstruction_settings,
+        prefix=figure_prefix,
+        code=code_hash("reconstructions"),
+    log:
+        "results/logs/reconstructions_figure/{model}.log",
+    benchmark:
+        "results/benchmarks/reconstructions_figure/{model}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=LANDSCAPE_GPU,
+    conda:
+        ENV
+    shell:
+        "vitlandscape plot-reconstructions --settings {params.settings:q} --data {input.data}"
+        " --checkpoint {input.checkpoint} --directions {input.directions} --surface {input.surface}"
+        " --prefix {params.prefix} --threads {threads} > {log} 2>&1"
+
+
 rule interpolation_figure:
     input:
         "results/interpolations/{name}.nc",

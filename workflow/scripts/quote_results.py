@@ -122,13 +122,13 @@ def trajectory(results: Path) -> str:
 # each subpackage's job, for the README's "Where the code is"
 ROLES = {".": "entry and config: the command line, config checks, code hashes, the planner, warm start, devices, "
               "test hooks",
-         "data": "data sets: preparation, the evaluation subset, streamed image folders",
+         "data": "data sets: official files (IDX, CIFAR batches), preparation, the evaluation subset, streamed image folders",
          "augment": "training augmentations on a batch's tensors, one kind per module",
          "models": "MAE and classifier ViTs, position embeddings, masking",
          "train": "training stages, loops, recipes, optimisers, the RC-MAE step, recording",
          "landscape": "objectives, directions, grid and tiles, the grid engine, trajectory planes, benchmarks",
          "metrics": "Hessian, flatness, basins, findings, accuracy and convergence tables",
-         "figures": "surface, comparison, trajectory and interactive figures",
+         "figures": "surface, comparison, trajectory, reconstruction and interactive figures",
          "storage": "result files, checkpoints and their release formats, snapshots"}
 
 

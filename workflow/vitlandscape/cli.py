@@ -168,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surface", required=True, help="Zarr surface")
     p.add_argument("--prefix", required=True)
 
+    p = sub.add_parser("plot-reconstructions", help="MAE reconstructions at points along a pretext surface's x "
+                                                    "direction, each with its loss")
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    p.add_argument("--data", required=True, help="prepared data file (prepare-data output)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--directions", required=True)
+    p.add_argument("--surface", required=True, help="the Zarr pretext surface, whose losses the figure's must be")
+    p.add_argument("--prefix", required=True)
+
     p = sub.add_parser("plot-path", help="figure of a 1-D landscape (line or interpolation)")
     _common(p, data=False)
     p.add_argument("--path", required=True, help="netCDF file of a line or interpolation")
@@ -213,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--measure", action="store_true",
                       help="time every model's forward pass on this machine and use the rates it achieves")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the data set (default: 10 for "
-                   "digits, else 1000)")
+                   "digits, fashion_mnist, mnist and cifar10, 100 for cifar100, else 1000)")
     p.add_argument("--train-images", type=int, default=None, help="training images per epoch (default: "
-                   "digits' training split; 1,281,167 for imagefolder, ImageNet-1k; required otherwise)")
+                   "digits' training split; 60,000 for fashion_mnist and mnist, 50,000 for cifar10 and cifar100; "
+                   "1,281,167 for imagefolder, ImageNet-1k; required otherwise)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     measure = p.add_argument_group("--measure options")
     measure.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -308,6 +319,8 @@ STAGES = {
     "plot-surface": Stage("figures.stages", lambda m, a: m.surface_figures(
         a.settings, a.surface, a.prefix, a.html, a.vts), False),
     "plot-accuracy": Stage("figures.stages", lambda m, a: m.accuracy_figure(a.settings, a.surface, a.prefix), False),
+    "plot-reconstructions": Stage("figures.reconstructions", lambda m, a: m.reconstructions_figure(
+        a.settings, a.data, a.checkpoint, a.directions, a.surface, a.prefix), True),
     "plot-path": Stage("figures.stages", lambda m, a: m.path_figure(a.settings, a.path, a.prefix), False),
     "plot-compare": Stage("figures.stages", lambda m, a: m.comparison_figures(
         a.settings, a.surfaces, a.labels, a.prefix, a.title), False),

@@ -19,6 +19,7 @@ STAGE_ENTRIES = {
     "table": ["metrics/accuracy.py"],
     "landscape": ["landscape/stages.py", "landscape/tiles.py"],
     "figures": ["figures/stages.py"],
+    "reconstructions": ["figures/reconstructions.py"],
     "metrics": ["metrics/stages.py"],
     "metrics_tables": ["metrics/tables.py"],
     "convergence": ["metrics/convergence.py"],

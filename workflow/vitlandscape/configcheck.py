@@ -192,6 +192,13 @@ def _data_problems(data: dict) -> list[str]:
     dataset, path = data["dataset"], data.get("path")
     if dataset == "digits":
         return []
+    if dataset not in DATA_LAYOUT:  # the official files: their reader's check (it imports torch, via data.common)
+        from vitlandscape.data import common, files
+        try:
+            files.locate(dataset, path)
+        except common.DataError as err:
+            return [str(err)]
+        return []
     if not path:
         return [f"data.path is required for data.dataset {dataset!r}"]
     path = Path(path)

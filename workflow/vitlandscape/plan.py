@@ -31,6 +31,8 @@ DEFAULT_TFLOPS = 40.0
 HVP_FORWARDS = 11
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet-1k's training split, assumed for imagefolder
+FILE_TRAIN_IMAGES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}  # official files
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}  # others: 1000 assumed
 
 
 class PlanError(ValueError):
@@ -100,6 +102,8 @@ def default_train_images(config: dict) -> int | None:
         return DIGITS_IMAGES - int(round(DIGITS_IMAGES * data["test_fraction"]))  # the split of data.prepare.prepare
     if data["dataset"] == "imagefolder":
         return IMAGENET_TRAIN_IMAGES
+    if data["dataset"] in FILE_TRAIN_IMAGES:
+        return FILE_TRAIN_IMAGES[data["dataset"]]
     raise PlanError(f"the number of training images of data.dataset {data['dataset']} is not known from "
                     "the config: give it (plan --train-images N)")
 
@@ -267,7 +271,7 @@ def command(configfile, *, tflops=None, measure=False, num_classes=None, train_i
         configcheck.validate_config(config, paths.SCHEMA)
     except configcheck.ConfigError as err:
         raise SystemExit(f"plan: {configfile}: {err}") from None
-    num_classes = num_classes or (10 if config["data"]["dataset"] == "digits" else 1000)
+    num_classes = num_classes or NUM_CLASSES.get(config["data"]["dataset"], 1000)
     try:
         train_images = train_images or default_train_images(config)
     except PlanError as err:  # before measuring: say it at once

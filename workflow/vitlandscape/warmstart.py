@@ -28,7 +28,7 @@ SOCKET_ENV = "VITLANDSCAPE_WARM_SOCKET"
 # What jobs import; the server imports it once. Heavy third-party modules first.
 PRELOAD = ("torch", "timm", "xarray", "zarr", "matplotlib", "vitlandscape.cli", "vitlandscape.train.stages",
            "vitlandscape.landscape.stages", "vitlandscape.landscape.tiles", "vitlandscape.metrics.stages",
-           "vitlandscape.figures.stages", "vitlandscape.metrics.tables", "vitlandscape.metrics.accuracy",
+           "vitlandscape.figures.stages", "vitlandscape.figures.reconstructions", "vitlandscape.metrics.tables", "vitlandscape.metrics.accuracy",
            "vitlandscape.data.prepare")
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows the file descriptors
 

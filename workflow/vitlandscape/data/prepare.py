@@ -1,21 +1,22 @@
 """Data sets, prepared once into one tensor file: train/test splits and the evaluation subset.
 
 Supported: `digits` (bundled with scikit-learn), `npz`, `cifar` (python-pickle batches),
-all held in memory, and `imagefolder` (ImageNet layout, `train/` and optional `val/`),
-streamed from disk (see `data/imagefolder.py`): its prepared file holds only the evaluation
-subset, as uint8. Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized
+`fashion_mnist` and `mnist` (IDX files), `cifar10` and `cifar100` (the official batches; these
+four read by `data/files.py`), all held in memory, and `imagefolder` (ImageNet layout, `train/`
+and optional `val/`), streamed from disk (see `data/imagefolder.py`): its prepared file holds
+only the evaluation subset, as uint8. Pixels are scaled to [0, 1], grey images repeated to 3 channels, resized
 to `image_size` and normalised with the ImageNet mean/std, as MAE does.
 
 Consumers go through `eval_set`, `train_batches` and `ordered_batches`, which hide
 whether a data set is in memory or streamed.
 """
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitlandscape.data import files
 from vitlandscape.data.common import IMAGENET_MEAN, IMAGENET_STD, DataError, eval_indices, require_path, split
 
 
@@ -55,11 +56,10 @@ def _cifar(cfg):
     if not train:
         raise DataError(f"data.path {root} holds no CIFAR 'data_batch_*' files")
 
-    def read(files):
+    def read(paths):
         images, labels = [], []
-        for file in files:
-            with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+        for file in paths:
+            batch = files.load_pickle(file)
             images.append(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.extend(batch.get(b"labels", batch.get(b"fine_labels")))
         return np.concatenate(images), np.asarray(labels)
@@ -68,7 +68,12 @@ def _cifar(cfg):
     return *read(train), *(read(test) if test else (None, None)), 255.0
 
 
-LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar}  # in memory; imagefolder streams
+def _files(cfg):
+    return *files.load(cfg["dataset"], cfg.get("path")), 255.0
+
+
+# in memory; imagefolder streams
+LOADERS = {"digits": _digits, "npz": _npz, "cifar": _cifar, **dict.fromkeys(files.DATASETS, _files)}
 
 
 def prepare(cfg: dict) -> dict:
