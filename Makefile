@@ -30,10 +30,11 @@ test-fast: setup
 
 # The unit and end-to-end tests once more on other floating-point last bits (CI runs it after
 # `test`): torch's non-vectorised kernels, oneDNN's SSE4.1 kernels and 2 torch threads in the
-# tests' own processes. Tests that hold only on one machine fail here; tests/README.md.
+# tests' own processes. Tests that hold only on one machine fail here; tests/README.md. The
+# Fashion-MNIST run (real_data) compares no bits, only accuracies well above chance: left out.
 OTHER_BITS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 VITLANDSCAPE_TEST_THREADS=2
 test-other-bits: setup
-	$(OTHER_BITS) pytest -m "not slurm"
+	$(OTHER_BITS) pytest -m "not slurm and not real_data"
 
 # Mutation testing of the core modules against the fast tests (about an hour on 2 cores).
 mutation: setup

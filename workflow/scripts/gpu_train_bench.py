@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from vitlandscape import devices
 from vitlandscape.augment import crop, erasing, randaugment
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.models.arch import build_mae, resolve_arch
@@ -51,7 +52,7 @@ def training_step(model, loss_of, hp: dict, precision: str):
     device = next(model.parameters()).device
 
     def step():
-        with loops.autocast(device, precision):
+        with devices.precision(precision, device):
             loss = loss_of()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

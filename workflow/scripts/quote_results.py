@@ -8,8 +8,9 @@ Each FILE (README.md, docs/*.md) may hold quoted blocks:
     ...
     <!-- end of NAME -->
 
-Without `--check` every block is rewritten from the run in `--results`, and the figures the
-README shows (FIGURES) are copied from it into docs/ at a width that reads on a page; with it nothing is
+Without `--check` every block is rewritten from the run in `--results`, and, when README.md is
+among the files, the figures it shows (FIGURES) are copied from that run into docs/ at a width
+that reads on a page; with it nothing is
 written and the exit status is 1, with a diff, when a block differs from what the run gives
 (tests/test_workflow_e2e.py checks the README against a fresh default run this way). Only
 numbers a rerun reproduces on the same machine are quoted: accuracies, verdicts, steps, losses,
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
     args = parser.parse_args(argv)
-    if not args.check:
+    if not args.check and any(path.name == "README.md" for path in args.files):  # the default run's figures
         copy_figures(args.results, Path(__file__).resolve().parents[2])
     stale = 0
     for path in args.files:
