@@ -1,6 +1,6 @@
-"""config/fashion.yaml end to end, cut down: the whole Fashion-MNIST training split read from
-Debian's files (`apt-get install dataset-fashion-mnist`; .ci/run installs it), one epoch per
-training stage, small grids; every rule of the full config runs.
+"""config/fashion.yaml: its dry run plans the default's kinds of job, and a cut-down version
+runs end to end: the whole Fashion-MNIST training split read from Debian's files (`apt-get
+install dataset-fashion-mnist`; .ci/run installs it), one epoch per training stage, small grids.
 """
 import json
 from pathlib import Path
@@ -11,15 +11,24 @@ import torch
 import xarray as xr
 import yaml
 
-from conftest import ROOT, copy_workflow, snakemake
+from conftest import ROOT, copy_workflow, planned_jobs, snakemake
 from vitlandscape.data import files
 
 FOLDER = Path(files.DEFAULT_PATHS["fashion_mnist"])
 INSTALLED = all(any((FOLDER / f"{name}{gz}").is_file() for gz in ("", ".gz")) for name in files.IDX_FILES)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.real_data,
+pytestmark = [pytest.mark.real_data,
               pytest.mark.skipif(not INSTALLED, reason=f"Fashion-MNIST is not in {FOLDER}: "
                                                        "apt-get install dataset-fashion-mnist")]
+
+
+@pytest.mark.subprocess
+def test_the_full_config_plans_every_kind_of_job(tmp_path):
+    """A dry run of config/fashion.yaml as it is: the default's rules, the reconstructions too."""
+    workdir = copy_workflow(tmp_path / "full")
+    rules = {rule for rule, _ in planned_jobs(workdir, "--configfile", "config/fashion.yaml")}
+    default = {rule for rule, _ in planned_jobs(copy_workflow(tmp_path / "default"))}
+    assert rules == default and "reconstructions_figure" in rules and "trajectory_tile" in rules
 
 
 def cut_down(config: dict) -> dict:
@@ -49,6 +58,7 @@ def fashion_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.e2e
 def test_the_whole_split_is_read_at_its_own_size(fashion_run):
     prepared = torch.load(fashion_run / "results/data/fashion_mnist.pt", weights_only=True, mmap=True)
     assert prepared["train_images"].shape == (60_000, 3, 28, 28)
@@ -57,6 +67,7 @@ def test_the_whole_split_is_read_at_its_own_size(fashion_run):
     assert torch.bincount(prepared["test_labels"]).tolist() == [1000] * 10  # the official test split
 
 
+@pytest.mark.e2e
 def test_every_model_learns_and_every_result_is_there(fashion_run):
     results = fashion_run / "results"
     table = pd.read_csv(results / "metrics/accuracy.csv").set_index("model")
