@@ -231,6 +231,18 @@ def test_a_rewritten_checkpoint_reruns_only_what_is_measured_on_it(finished):
 
 
 @pytest.mark.subprocess
+def test_a_batch_scaled_ema_momentum_retrains_rcmae_only(finished):
+    """ema_batch_reference reaches RC-MAE's pretraining (its params change); unset, as before, it
+    changes no job's params, so existing results keep."""
+    config = yaml.safe_load((finished / "config/config.yaml").read_text())
+    config["models"]["rcmae"]["ema_batch_reference"] = 64
+    (finished / "scaled.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(finished, "--configfile", str(finished / "scaled.yaml"))
+    trained = {(rule, w.get("model")) for rule, w in jobs if rule in ("pretrain", "downstream", "trajectory")}
+    assert trained == {("pretrain", "rcmae"), ("downstream", "rcmae"), ("trajectory", "rcmae")}
+
+
+@pytest.mark.subprocess
 def test_more_snapshots_rerun_only_what_follows_from_the_snapshots(finished):
     """The trajectory replays the training: the checkpoints, and all that is measured on them, stay."""
     config = yaml.safe_load((finished / "config/config.yaml").read_text())

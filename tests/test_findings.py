@@ -193,7 +193,8 @@ def test_findings_table_from_summary_table(tmp_path, capsys):
     out = tmp_path / "out" / "findings.csv"
     table = findings.findings_table(summary, claims, out)
     assert list(table.columns) == ["claim", "statement", "measure", "sense", "wider", "wider_value", "than",
-                                   "than_value", "verdict", "reason"]
+                                   "than_value", "n", "verdict", "reason"]
+    assert set(table["n"]) == {1}  # one training of each side, one pair of directions
     assert list(table["measure"]) == claims[0]["measures"] + ["basin_radius_r0.5"]
     assert list(table["sense"]) == ["larger is wider", "smaller is wider", "smaller is wider", "smaller is wider",
                                     "larger is wider", "larger is wider"]

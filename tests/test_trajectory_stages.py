@@ -59,6 +59,15 @@ def test_replayed_pretraining_reproduces_its_checkpoint_on_schedule(tmp_path, da
         assert (curve["momentum"] == cfg["ema_momentum"]).all()
 
 
+def test_the_ema_momentum_follows_the_batch_when_asked(tmp_path, data_file):
+    """With ema_batch_reference, a batch twice the reference trains with m squared (m^kappa)."""
+    cfg = {**model_settings("rcmae"), "ema_momentum": 0.9, "ema_batch_reference": 16}
+    train_stages.pretrain(cfg, data_file, tmp_path / "pre.pt")
+    _, _, _, _, curve = replay(tmp_path, cfg, "pretrain", data_file, tmp_path / "pre.pt")
+    kappa = cfg["pretrain"]["batch_size"] / 16
+    assert kappa == 2 and np.allclose(curve["momentum"], 0.9 ** 2, rtol=1e-15, atol=0)
+
+
 def test_rcmae_snapshots_follow_the_weights_its_checkpoint_keeps(tmp_path, data_file):
     for weights in ("teacher", "student"):
         cfg = model_settings("rcmae", downstream_weights=weights)

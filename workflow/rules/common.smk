@@ -108,6 +108,8 @@ def stage_settings(name, stage):
     """Only the config a stage depends on, so an unrelated edit reruns nothing."""
     m = MODELS[name]
     keys = _BASE_KEYS + [stage] + (_RCMAE_KEYS if stage == "pretrain" and m["method"] == "rcmae" else [])
+    if "ema_momentum" in keys and m["ema_batch_reference"] is not None:  # passed only when set: reruns nothing else
+        keys.append("ema_batch_reference")
     return as_json({"name": name, **{k: m[k] for k in keys}, **trust(name)})
 
 

@@ -6,8 +6,9 @@ included (torch's FLOP counter does not see the fused attention kernel on the CP
 transformer block and token: qkv 3 D^2, output projection D^2, MLP 2 r D^2 (r = 4), and
 attention 2 T D for T tokens (scores and weighted values). The MAE pretext loss embeds
 every patch, encodes the cls token + the kept patches, and decodes all L + 1 tokens.
-Training counts forward + backward as 3 forwards. Needs neither checkpoints nor data (nor
-torch: `vitlandscape.landscape.throughput` measures the rates that replace the assumed one).
+Training counts forward + backward as 3 forwards (twice a step with SAM). Needs neither
+checkpoints nor data (nor torch: `vitlandscape.landscape.throughput` measures the rates that
+replace the assumed one).
 """
 import json
 import math
@@ -84,12 +85,17 @@ def training_stages(model_cfg: dict) -> list[str]:
 def stage_flops(model_cfg: dict, stage: str, num_classes: int, images: int) -> int:
     """FLOPs of one training stage on `images` training images per epoch."""
     epochs = model_cfg[stage]["epochs"]
+    # A step's forward + backward: 3 forwards. SAM (sam or asam) takes two forward-backward passes a
+    # step, the second at the perturbed weights: 6. What does not train runs once a step either way
+    # (the second pass reuses it: loops.pretrain_mae, loops.linear_probe).
+    trained = 6 if recipes.uses_sam(recipes.resolve(model_cfg, stage)["recipe"]) else 3
     if stage == "probe":
         # a frozen encoder (run once when its features are cached) under a trained linear head
         dims = resolve_arch(model_cfg["arch"], with_decoder=False)
         encoder_passes = 1 if recipes.probe_features_cached(model_cfg) else epochs
-        return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * 3 * 2 * dims["embed_dim"] * num_classes)
-    passes = 4 if stage == "pretrain" and model_cfg["method"] == "rcmae" else 3  # RC-MAE: + the EMA teacher's forward
+        return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * trained * 2 * dims["embed_dim"] * num_classes)
+    teacher = 1 if stage == "pretrain" and model_cfg["method"] == "rcmae" else 0  # RC-MAE: + the EMA teacher's forward
+    passes = trained + teacher  # RC-MAE: 4, with SAM 1 + 2 x 3 = 7
     return epochs * images * passes * flops_per_image(model_cfg, configcheck.stage_objective(model_cfg, stage), num_classes)
 
 

@@ -21,8 +21,10 @@ WIDER_IF_SMALLER = ["lambda_max", "lambda_<i>", "trace", "ratio_min_max", "flatn
                     "flatness_rel_s<sigma>", "sharpness_mean_rho<rho>", "sharpness_max_rho<rho>",
                     "sharpness_rel_rho<rho>"]
 SENSE_WORDS = {LARGER: "larger is wider", SMALLER: "smaller is wider"}
+# n: the paired replicates behind the verdict (a training of each side, measured on one pair of
+# directions and one evaluation subset): 1 in a run's own table
 FINDING_COLUMNS = ["claim", "statement", "measure", "sense", "wider", "wider_value", "than", "than_value",
-                   "verdict", "reason"]
+                   "n", "verdict", "reason"]
 FLOAT_FORMAT = "%.6g"
 
 
@@ -155,7 +157,8 @@ def findings_table(summary: pd.DataFrame, claims: list[dict], out) -> pd.DataFra
             s = sense(measure)
             verdict, reason = _verdict(measure, s, wider, than)
             rows.append([claim["name"], claim["claim"], measure, SENSE_WORDS[s], claim["wider"],
-                         wider.get(measure, math.nan), claim["than"], than.get(measure, math.nan), verdict, reason])
+                         wider.get(measure, math.nan), claim["than"], than.get(measure, math.nan), 1, verdict,
+                         reason])
     table = pd.DataFrame(rows, columns=FINDING_COLUMNS)
     _write(table, out)
     return table

@@ -9,6 +9,8 @@
   patch_embed.* are layer 0, blocks.i.* layer i + 1, everything else (norm, fc_norm, head)
   layer num_layers; a parameter of layer l has lr scale layer_decay ** (num_layers - l).
 - Linear probe (LARS): only the head trains.
+- Any of them may run under sharpness-aware minimisation (`SAM`, recipe element `sam`): the
+  recipe's optimizer takes its step with the gradient at the worst nearby weights.
 
 timm's `param_groups_layer_decay` is not used: it numbers layers from the model's
 `group_matcher`, which (timm 1.0.31) puts the final `norm` in the last block's layer, so a
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("adamw", "lars")
+SAM_MODES = ("none", "sam", "asam")
 
 
 class Lars(torch.optim.Optimizer):
@@ -71,6 +74,70 @@ class Lars(torch.optim.Optimizer):
         return loss
 
 
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation (Foret et al. 2021) around a base optimizer; with `adaptive`,
+    ASAM (Kwon et al. 2021).
+
+    `base_optimizer` is an optimizer class (torch.optim.AdamW, Lars, ...), built with `**kwargs`
+    on SAM's own parameter groups: the two share the group dicts and the list, so a group's
+    `lr` (or any setting) set on `sam.param_groups` is the base optimizer's.
+
+    `step(closure)`: the caller has run the forward and backward at the weights w. With g the
+    gradients of every parameter that has one, the step moves the weights to w + e,
+    e = rho * g / ||g|| (ASAM: e = rho * w**2 * g / ||w * g||, elementwise; one norm over all
+    those parameters, each part computed on its parameter's device), calls `closure` (which
+    zeroes the gradients and computes the loss and its gradients again, at w + e), puts w back
+    exactly, and takes the base optimizer's step with the gradients from w + e. Returns the
+    closure's loss, that at w + e.
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False, **kwargs):
+        if not rho > 0:
+            raise ValueError(f"SAM: rho must be > 0, got {rho}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups  # the same list of the same dicts
+        self.defaults.update(self.base_optimizer.defaults)
+
+    @torch.no_grad()
+    def perturbation(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(parameter, e) of every parameter with a gradient, from the gradients at w."""
+        pairs = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not pairs:
+            return []
+        shared = pairs[0][0].device
+        scaled = [p.grad * p.abs() if group["adaptive"] else p.grad for p, group in pairs]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s).to(shared) for s in scaled]))
+        out = []
+        for (p, group), s in zip(pairs, scaled):
+            scale = (group["rho"] / (norm + 1e-12)).to(p.device)
+            out.append((p, (s * p.abs() if group["adaptive"] else s) * scale))  # ASAM: w**2 * g
+        return out
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is None:
+            raise ValueError("SAM.step needs a closure that computes the loss and its gradients again")
+        saved = []
+        for p, e in self.perturbation():
+            saved.append((p, p.detach().clone()))
+            p.add_(e)
+        with torch.enable_grad():
+            loss = closure()
+        for p, w in saved:
+            p.copy_(w)  # w itself, not w + e - e
+        self.base_optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        """The base optimizer's (SAM keeps no state between steps; its groups are the base's)."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+
+
 def vit_layer_id(name: str, num_layers: int) -> int:
     """Layer of a timm VisionTransformer parameter in the official layer-wise decay."""
     if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
@@ -114,11 +181,18 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 
 
 def make_optimizer(name: str, groups: list[dict], betas=(0.9, 0.95), momentum: float = 0.9,
-                   trust_coefficient: float = 0.001) -> torch.optim.Optimizer:
+                   trust_coefficient: float = 0.001, sam: str = "none", rho: float = 0.05) -> torch.optim.Optimizer:
     """'adamw' (pretraining, fine-tuning) or 'lars' (linear probe), lr 0: the caller sets
-    each group's lr every step."""
+    each group's lr every step. `sam` 'sam' or 'asam' wraps it in SAM with radius `rho`
+    (its `step` then needs a closure)."""
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, betas=betas)
-    if name == "lars":
-        return Lars(groups, momentum=momentum, trust_coefficient=trust_coefficient)
-    raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+        base, kwargs = torch.optim.AdamW, dict(lr=0.0, betas=betas)
+    elif name == "lars":
+        base, kwargs = Lars, dict(momentum=momentum, trust_coefficient=trust_coefficient)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if sam == "none":
+        return base(groups, **kwargs)
+    if sam not in SAM_MODES:
+        raise ValueError(f"unknown sam {sam!r}: expected one of {', '.join(SAM_MODES)}")
+    return SAM(groups, base, rho=rho, adaptive=sam == "asam", **kwargs)

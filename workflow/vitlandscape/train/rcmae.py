@@ -17,6 +17,13 @@ def ema_momentum(step: int, total: int, base: float, schedule: str) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
 
 
+def batch_scaled(momentum: float, batch_size: int, reference: int | None) -> float:
+    """The EMA momentum for `batch_size` when `momentum` suits a batch of `reference`: m ** kappa
+    for a batch kappa times larger keeps the teacher's averaging horizon in images, not steps
+    (Busbridge et al. 2023); `momentum` itself when `reference` is None."""
+    return momentum if reference is None else momentum ** (batch_size / reference)
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
     for t, s in zip(teacher.parameters(), student.parameters()):
@@ -28,11 +35,19 @@ def step_loss(student, teacher, images, mask_ratio: float, noise, consistency_we
     return step_losses(student, teacher, images, mask_ratio, noise, consistency_weight)[0]
 
 
-def step_losses(student, teacher, images, mask_ratio: float, noise, consistency_weight: float):
+@torch.no_grad()
+def teacher_prediction(teacher, images, mask_ratio: float, noise) -> torch.Tensor:
+    """The teacher's per-patch prediction under the student's mask (`noise`), the consistency target."""
+    return teacher(images, mask_ratio, noise)[1]
+
+
+def step_losses(student, teacher, images, mask_ratio: float, noise, consistency_weight: float, target=None):
     """(MAE loss + consistency_weight * consistency loss with the student's graph, then the MAE
-    loss and the consistency loss detached, for the training curve)."""
+    loss and the consistency loss detached, for the training curve). `target`: the teacher's
+    prediction (`teacher_prediction`) when the caller has it already (SAM's second pass)."""
     loss, pred, mask = student(images, mask_ratio, noise)
-    with torch.no_grad():
-        _, target, _ = teacher(images, mask_ratio, noise)  # the student's mask
+    if target is None:
+        with torch.no_grad():
+            _, target, _ = teacher(images, mask_ratio, noise)  # the student's mask
     consistency = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
     return loss + consistency_weight * consistency, loss.detach(), consistency.detach()

@@ -16,6 +16,9 @@ official recipe of that stage and method:
   512 images (2.5e-4 per 256), min lr 1e-5. Repeated augmentation and DeiT's warm-up from
   1e-6 are left out (the schedule warms up from 0 as the MAE recipes do).
 
+Every stage may add sharpness-aware minimisation (`sam`: none, sam or asam, radius `sam_rho`)
+around its own optimizer; the official recipes use none.
+
 Learning rates scale with the batch: lr = blr * batch_size / 256, unless the stage gives an
 absolute `lr`. Mixed precision is bf16 autocast with float32 weights (the MAE code's fp16 +
 loss scaling has the same purpose; bf16 needs no scaler).
@@ -33,24 +36,26 @@ _AUGMENTED = {"crop_scale": [0.08, 1.0], "hflip": 0.5,
               "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}
 _PLAIN = {"crop_scale": None, "hflip": 0.0, "rand_augment": None, "random_erasing": 0.0,
           "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0}
+# No recipe of the paper's code uses sharpness-aware minimisation.
+_NO_SAM = {"sam": "none", "sam_rho": 0.05}
 
 OFFICIAL = {
     "pretrain": {"blr": 1.5e-4, "weight_decay": 0.05,
                  "recipe": {"optimizer": "adamw", "betas": [0.9, 0.95], "min_lr": 0.0, "layer_decay": None,
                             "no_weight_decay": [], "drop_path": 0.0, "precision": "bf16",
-                            **_PLAIN, "crop_scale": [0.2, 1.0], "hflip": 0.5}},
+                            **_PLAIN, "crop_scale": [0.2, 1.0], "hflip": 0.5, **_NO_SAM}},
     "supervised": {"blr": 2.5e-4, "weight_decay": 0.05,
                    "recipe": {"optimizer": "adamw", "betas": [0.9, 0.999], "min_lr": 1e-5, "layer_decay": None,
                               "no_weight_decay": ["cls_token", "pos_embed"], "drop_path": 0.1,
-                              "precision": "bf16", **_AUGMENTED}},
+                              "precision": "bf16", **_AUGMENTED, **_NO_SAM}},
     "probe": {"blr": 0.1, "weight_decay": 0.0,
               "recipe": {"optimizer": "lars", "betas": [0.9, 0.999], "min_lr": 0.0, "layer_decay": None,
                          "no_weight_decay": [], "drop_path": 0.0, "precision": "bf16",
-                         **_PLAIN, "crop_scale": [0.08, 1.0], "hflip": 0.5}},
+                         **_PLAIN, "crop_scale": [0.08, 1.0], "hflip": 0.5, **_NO_SAM}},
     "finetune": {"blr": 1e-3, "weight_decay": 0.05,
                  "recipe": {"optimizer": "adamw", "betas": [0.9, 0.999], "min_lr": 1e-6, "layer_decay": 0.75,
                             "no_weight_decay": ["cls_token", "pos_embed"], "drop_path": 0.1,
-                            "precision": "bf16", **_AUGMENTED}},
+                            "precision": "bf16", **_AUGMENTED, **_NO_SAM}},
 }
 
 # The official fine-tuning settings per model size (MAE's FINETUNE.md); other sizes take
@@ -84,6 +89,11 @@ def resolve(model_cfg: dict, stage: str) -> dict:
     return {**given, "lr": lr, "blr": blr,
             "weight_decay": settings["weight_decay"] if weight_decay is None else weight_decay,
             "seed": model_cfg["seed"], "recipe": recipe}
+
+
+def uses_sam(recipe: dict) -> bool:
+    """Whether a step takes SAM's second forward-backward pass (sam or asam)."""
+    return recipe["sam"] != "none"
 
 
 def augments(recipe: dict) -> bool:
