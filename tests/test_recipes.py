@@ -154,14 +154,18 @@ def test_drop_path_rises_to_its_rate_and_rescales_kept_samples():
     assert torch.equal(drop.eval()(torch.ones(5, 2)), torch.ones(5, 2))
 
 
-def test_fit_scales_each_group_lr():
-    """A group whose lr_scale is 0 does not move; the other does."""
+@pytest.mark.parametrize("sam", ["none", "sam"])
+def test_fit_scales_each_group_lr(sam):
+    """A group whose lr_scale is 0 does not move; the other does (with SAM too: its base optimizer
+    takes the loop's per-group lr)."""
     model = build_classifier(TINY_ARCH, 3, "finetune")
     groups = optim.param_groups(model, 0.05, layer_decay=0.5)
     for group in groups:
         group["lr_scale"] = 0.0 if group["params"][0] is model.cls_token else 1.0
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stage_cfg = {**recipes.resolve(model_settings("mae"), "finetune"), "epochs": 1, "warmup_epochs": 0, "lr": 1e-2}
+    cfg = model_settings("mae")
+    cfg["finetune"]["recipe"] = {**(cfg["finetune"].get("recipe") or {}), "sam": sam}
+    stage_cfg = {**recipes.resolve(cfg, "finetune"), "epochs": 1, "warmup_epochs": 0, "lr": 1e-2}
     batches = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0]))] * 2
     loops.fit(groups, lambda x, y, step: F.cross_entropy(model(x), y), batches, stage_cfg, "test")
     frozen = [n for n, p in model.named_parameters() if any(p is q for g in groups if g["lr_scale"] == 0
