@@ -28,6 +28,7 @@ include: "workflow/rules/landscape.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/trajectories.smk"
+include: "workflow/rules/studies.smk"
 include: "workflow/rules/bench.smk"
 
 
@@ -49,6 +50,10 @@ localrules:
     trajectory_assemble,
     trajectory_figures,
     convergence_table,
+    variant_metrics,
+    study_tables,
+    study_measures_figure,
+    study_contours_figure,
 
 
 rule all:

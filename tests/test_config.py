@@ -8,7 +8,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from conftest import ROOT, validated
-from vitlandscape import configcheck
+from vitlandscape import configcheck, methods
 
 
 def test_default_config_is_valid_and_defaults_are_filled(default_config):
@@ -17,8 +17,8 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
     assert config["landscape"]["alpha"] == [-1.0, 1.0, 21]
     assert config["models"]["rcmae"]["downstream_weights"] == "teacher"
     assert config["models"]["mae"]["norm_pix_loss"] is False
-    assert configcheck.objectives(config["models"]["mae"]) == ["pretext", "probe"]
-    assert configcheck.objectives(config["models"]["sup"]) == ["supervised"]
+    assert methods.objectives(config["models"]["mae"]) == ["pretext", "probe"]
+    assert methods.objectives(config["models"]["sup"]) == ["supervised"]
 
 
 def _set(path, value):

@@ -328,6 +328,8 @@ MODULE_STAGES = {
     "paths.py": {"figures", "reconstructions"},
     # how jobs start (forked from a warm server) changes no result
     "warmstart.py": set(),
+    # the studies' variants (read as the rules parse) and their tables and figures: no study in the default
+    "studies.py": set(), "methods.py": set(), "metrics/intervals.py": set(), "metrics/replicates.py": set(), "figures/studies.py": set(),
 }
 
 

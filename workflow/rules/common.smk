@@ -2,6 +2,7 @@
 import copy
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 LIBDIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(LIBDIR))
-from vitlandscape import codehash, configcheck, paths, warmstart  # noqa: E402
+from vitlandscape import codehash, configcheck, methods, paths, studies, warmstart  # noqa: E402
 from vitlandscape.landscape import grid  # noqa: E402
 
 # Every job runs the library from this checkout through the shell function `vitlandscape`
@@ -53,7 +54,12 @@ def stop_warm_server():
         warmstart.stop(WARM_SERVER.pop())
 
 
-MODELS = config["models"]
+# The models of the config, and those its studies add (vitlandscape/studies.py): every model
+# has its rules; only the config's own make the run's targets (the studies' their own tables).
+BASE_MODELS = config["models"]
+STUDIES = {study["name"]: study for study in config["studies"]}
+VARIANTS = studies.variants(config)
+MODELS = {**BASE_MODELS, **{name: v.model for name, v in VARIANTS.items()}}
 DATASET = config["data"]["dataset"]
 DATA_FILE = paths.data_file(DATASET)
 # How many processes decode images changes how fast, not what, a job computes: the training
@@ -64,7 +70,7 @@ TRAIN_GPU = 1 if config["device"] == "cuda" else 0
 LANDSCAPE = config["landscape"]
 LANDSCAPE_GPU = 1 if LANDSCAPE["device"] == "cuda" else 0
 TILES = grid.tile_names(LANDSCAPE["alpha"], LANDSCAPE["beta"], LANDSCAPE["tile"])
-SURFACES = [(name, objective) for name, m in MODELS.items() for objective in configcheck.objectives(m)]
+SURFACES = [(name, objective) for name, m in BASE_MODELS.items() for objective in methods.objectives(m)]
 INTERPOLATIONS = {i["name"]: i for i in LANDSCAPE["interpolations"]}
 TRAJECTORIES = config["trajectories"]
 TRAJECTORY_RUNS = [(name, stage) for name in TRAJECTORIES["models"] for stage in TRAJECTORIES["stages"]]
@@ -76,7 +82,8 @@ METRICS = config["metrics"]
 
 
 wildcard_constraints:
-    model="|".join(MODELS),
+    model="|".join(re.escape(name) for name in MODELS),
+    variant="|".join(re.escape(name) for name in VARIANTS) or "(?!)",
     dataset="[A-Za-z0-9_]+",
     objective="pretext|probe|finetune|supervised",
     tile=r"a\d+_b\d+",
@@ -113,9 +120,15 @@ def stage_settings(name, stage):
     return as_json({"name": name, **{k: m[k] for k in keys}, **trust(name)})
 
 
+def trained_as(name):
+    """The model whose checkpoints `name` is measured on: itself, or the training a study's
+    variant on other directions or another evaluation subset shares."""
+    return VARIANTS[name].trained_as if name in VARIANTS else name
+
+
 def pretrained_path(name):
     """The model's pretrained checkpoint: given in the config, or trained by the workflow."""
-    return MODELS[name]["checkpoint"] or paths.trained_checkpoint(name, "pretrain")
+    return MODELS[name]["checkpoint"] or paths.trained_checkpoint(trained_as(name), "pretrain")
 
 
 def pretrained(wildcards):
@@ -134,7 +147,7 @@ def given_checkpoint(wildcards):
 
 def objective_checkpoint_path(name, objective):
     """The trained weights an objective is measured on: given in the config, or trained."""
-    return paths.objective_checkpoint(name, MODELS[name], objective)
+    return paths.objective_checkpoint(trained_as(name), MODELS[name], objective)
 
 
 def objective_checkpoint(wildcards):
@@ -145,11 +158,28 @@ _DIRECTION_KEYS = ["direction_seed", "normalization", "perturb_1d", "perturb_fro
 _SURFACE_KEYS = _DIRECTION_KEYS + ["alpha", "beta", "tile", "mask_seed", "batch_size", "device", "precision"]
 
 
+def landscape_of(name):
+    """The landscape settings of a model: a study's variant has its own direction seed."""
+    return {**LANDSCAPE, "direction_seed": VARIANTS[name].direction_seed} if name in VARIANTS else LANDSCAPE
+
+
 def landscape_settings(name, objective, keys):
     m = MODELS[name]
     model_keys = ["method", "arch", "norm_pix_loss", "mask_ratio", "downstream_weights"]
     return {"name": name, "objective": objective, **{k: m[k] for k in model_keys}, **trust(name),
-            "landscape": {k: LANDSCAPE[k] for k in keys}}
+            "landscape": {k: landscape_of(name)[k] for k in keys}}
+
+
+def eval_data_path(name):
+    """The prepared data a model's landscape and metrics are measured on: the run's evaluation
+    subset, or the other subset of a study's variant with its own eval seed."""
+    if name in VARIANTS and VARIANTS[name].eval_seed != config["data"]["seed"]:
+        return paths.eval_subset_file(DATASET, VARIANTS[name].eval_seed)
+    return DATA_FILE
+
+
+def eval_data(wildcards):
+    return eval_data_path(wildcards.model)
 
 
 def direction_settings(w):
@@ -220,7 +250,7 @@ def trajectory_inputs(w):
 
 def trajectory_settings(w):
     """A surface's settings with the PCA plane's grid: the tile and assembly jobs are the surface's."""
-    settings = landscape_settings(w.model, configcheck.stage_objective(MODELS[w.model], w.stage), _SURFACE_KEYS)
+    settings = landscape_settings(w.model, methods.stage_objective(MODELS[w.model], w.stage), _SURFACE_KEYS)
     how = TRAJECTORIES["normalization"]
     settings["landscape"].update({k: TRAJECTORIES[k] for k in ("alpha", "beta", "tile")},
                                  normalization=f"pca-{how}", direction_seed="n/a")
@@ -255,11 +285,11 @@ def trajectory_targets():
 
 
 def self_supervised():
-    return [n for n, m in MODELS.items() if m["method"] in ("mae", "rcmae")]
+    return [n for n, m in BASE_MODELS.items() if m["method"] in ("mae", "rcmae")]
 
 
 def supervised():
-    return [n for n, m in MODELS.items() if m["method"] == "supervised"]
+    return [n for n, m in BASE_MODELS.items() if m["method"] == "supervised"]
 
 
 def accuracy_metrics():
@@ -334,7 +364,64 @@ def all_targets():
             + surface_targets()
             + [f"results/lines/{name}/{objective}.nc" for name, objective in SURFACES]
             + [f"results/interpolations/{name}.nc" for name in INTERPOLATIONS]
-            + figure_targets() + trajectory_targets() + ["results/config.yaml"])
+            + figure_targets() + trajectory_targets() + study_targets() + ["results/config.yaml"])
+
+
+def study_replicates(name):
+    """(variant, objective) of every surface a study measures, in the order of its variants."""
+    return [(v, o) for v in studies.study_variants(config, STUDIES[name]) for o in methods.objectives(v.model)]
+
+
+def study_metric_files(w):
+    return [f"results/metrics/{v.name}/{objective}.json" for v, objective in study_replicates(w.study)]
+
+
+def study_settings(w):
+    """Who each replicate is (base, training variant, setting, seeds, how it trained), the claims
+    and the bootstrap: all that the study's tables depend on beyond the metrics files."""
+    study = STUDIES[w.study]
+    replicates = [{"name": v.name, "objective": o, "model": v.base, "variant": v.trained_as, "setting": v.setting,
+                   "training_seed": v.training_seed, "direction_seed": v.direction_seed, "eval_seed": v.eval_seed,
+                   "seed_index": studies.seed_index(study, v), "training": studies.training_columns(v.model)}
+                  for v, o in study_replicates(w.study)]
+    return as_json({"study": w.study, "varies": studies.varied_key(study), "claims": METRICS["claims"],
+                    "bootstrap": study["bootstrap"], "replicates": replicates})
+
+
+def study_measures_settings(w):
+    study = STUDIES[w.study]
+    measures = list(dict.fromkeys(m for claim in METRICS["claims"] for m in claim["measures"]))
+    return as_json({"figures": json.loads(figure_settings()), "study": {
+        "name": w.study, "varies": studies.varied_key(study), "measures": measures, "bootstrap": study["bootstrap"]}})
+
+
+def study_contour_variants(study_name, objective):
+    """The study's trainings on its first direction pair and evaluation subset, for one objective."""
+    replicates = study_replicates(study_name)
+    first = replicates[0][0]
+    return [v for v, o in replicates
+            if o == objective and (v.direction_seed, v.eval_seed) == (first.direction_seed, first.eval_seed)]
+
+
+def variant_measured(w, part):
+    """The Hessian or flatness file of a variant's weights and evaluation set (not its directions)."""
+    if not METRICS[part]["enabled"]:
+        return []
+    return [f"results/metrics/{VARIANTS[w.variant].measured_as}/{w.objective}/{part}.json"]
+
+
+def study_objectives(name):
+    return list(dict.fromkeys(o for _, o in study_replicates(name)))
+
+
+def study_targets():
+    files = []
+    for name in STUDIES:
+        files += [f"results/studies/{name}/summary.csv", f"results/studies/{name}/findings.csv"]
+        files += expand(f"results/studies/{name}/{name}_measures.{{fmt}}", fmt=FORMATS)
+        files += expand(f"results/studies/{name}/{name}_contours_{{objective}}.{{fmt}}",
+                        objective=study_objectives(name), fmt=FORMATS)
+    return files
 
 
 def finished_message():

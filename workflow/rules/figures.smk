@@ -114,7 +114,7 @@ rule reconstructions_figure:
     """MAE reconstructions along a pretext surface's x direction: it runs the model on the whole
     evaluation set at each point (as a line does), so it gets the landscape's device and threads."""
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=lambda w: objective_checkpoint_path(w.model, "pretext"),
         directions="results/directions/{model}/pretext.safetensors",
         surface="results/surfaces/{model}/pretext.zarr",

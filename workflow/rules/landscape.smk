@@ -26,7 +26,7 @@ rule directions:
 
 rule surface_tile:
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=objective_checkpoint,
         directions="results/directions/{model}/{objective}.safetensors",
     output:
@@ -81,7 +81,7 @@ rule assemble:
 
 rule line:
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=objective_checkpoint,
         directions="results/directions/{model}/{objective}.safetensors",
     output:

@@ -5,7 +5,7 @@
 
 rule hessian:
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=objective_checkpoint,
     output:
         "results/metrics/{model}/{objective}/hessian.json",
@@ -30,7 +30,7 @@ rule hessian:
 
 rule flatness:
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=objective_checkpoint,
     output:
         "results/metrics/{model}/{objective}/flatness.json",
@@ -56,7 +56,7 @@ rule flatness:
 rule ratio_map:
     """|lambda_min / lambda_max| at the points of a coarse grid in the surface's plane."""
     input:
-        data=DATA_FILE,
+        data=eval_data,
         checkpoint=objective_checkpoint,
         directions="results/directions/{model}/{objective}.safetensors",
     output:

@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flatness", nargs="*", default=[], help="flatness files, in the order of --surfaces")
     p.add_argument("--out-dir", required=True)
 
+    p = sub.add_parser("surface-metrics", help="one study variant's metrics file (its surface, Hessian, flatness)")
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    p.add_argument("--surface", required=True, help="Zarr surface")
+    p.add_argument("--hessian", default=None, help="Hessian file of the same weights and evaluation set")
+    p.add_argument("--flatness", default=None, help="flatness file of the same weights and evaluation set")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("study-tables", help="a study's summary.csv and findings.csv with intervals")
+    p.add_argument("--settings", type=settings_arg, required=True, help="JSON object or @file.json")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics files, in the order of the replicates")
+    p.add_argument("--out-dir", required=True)
+
     p = sub.add_parser("plot-surface", help="3-D, contour, slice (and accuracy) figures, HTML and VTS")
     _common(p, data=False)
     p.add_argument("--surface", required=True, help="Zarr surface")
@@ -188,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces")
     p.add_argument("--labels", nargs="+", required=True)
     p.add_argument("--title", default=None)
+    p.add_argument("--prefix", required=True)
+
+    p = sub.add_parser("plot-study-measures", help="a study's claim measures against its setting, with intervals")
+    _common(p, data=False)
+    p.add_argument("--summary", required=True, help="the study's summary.csv")
+    p.add_argument("--prefix", required=True)
+
+    p = sub.add_parser("plot-study-contours", help="a study's variants' contours on one colour scale")
+    _common(p, data=False)
+    p.add_argument("--surfaces", nargs="+", required=True, help="Zarr surfaces of its variants, one objective")
+    p.add_argument("--labels", nargs="+", required=True)
     p.add_argument("--prefix", required=True)
 
     p = sub.add_parser("plot-spectrum", help="Hessian spectral densities, one panel per surface")
@@ -312,6 +335,9 @@ STAGES = {
         a.settings, a.data, a.checkpoint, a.directions, a.out), True),
     "metrics-tables": Stage("metrics.tables", lambda m, a: m.tables(
         a.settings, a.surfaces, a.hessian, a.flatness, a.out_dir), False),
+    "surface-metrics": Stage("metrics.tables", lambda m, a: m.write_surface_metrics(
+        a.settings, a.surface, a.hessian, a.flatness, a.out), False),
+    "study-tables": Stage("metrics.replicates", lambda m, a: m.tables(a.settings, a.metrics, a.out_dir), False),
     "convergence": Stage("metrics.convergence", lambda m, a: m.table(
         a.settings, pairs(a.curves), a.out, pairs(a.probes)), False),
     "accuracy-table": Stage("metrics.accuracy", lambda m, a: m.accuracy_table(
@@ -322,6 +348,10 @@ STAGES = {
     "plot-reconstructions": Stage("figures.reconstructions", lambda m, a: m.reconstructions_figure(
         a.settings, a.data, a.checkpoint, a.directions, a.surface, a.prefix), True),
     "plot-path": Stage("figures.stages", lambda m, a: m.path_figure(a.settings, a.path, a.prefix), False),
+    "plot-study-measures": Stage("figures.studies", lambda m, a: m.measures_figure(a.settings, a.summary, a.prefix),
+                                 False),
+    "plot-study-contours": Stage("figures.studies", lambda m, a: m.contours_figure(
+        a.settings, a.surfaces, a.labels, a.prefix), False),
     "plot-compare": Stage("figures.stages", lambda m, a: m.comparison_figures(
         a.settings, a.surfaces, a.labels, a.prefix, a.title), False),
     "plot-spectrum": Stage("figures.stages", lambda m, a: m.spectrum_figure(

@@ -22,6 +22,8 @@ STAGE_ENTRIES = {
     "reconstructions": ["figures/reconstructions.py"],
     "metrics": ["metrics/stages.py"],
     "metrics_tables": ["metrics/tables.py"],
+    "study_tables": ["metrics/replicates.py"],
+    "study_figures": ["figures/studies.py"],
     "convergence": ["metrics/convergence.py"],
     "bench": ["landscape/bench.py", "storage/outputs.py", "configcheck.py"],
 }

@@ -6,14 +6,11 @@ Each problem names the config key at fault, the value and what is expected.
 import zipfile
 from pathlib import Path
 
-from vitlandscape import schemaerrors
+from vitlandscape import schemaerrors, studies
+from vitlandscape.methods import ALLOWED, objectives
 from vitlandscape.metrics import findings
 from vitlandscape.models.arch import DECODER_KEYS, PRESETS, dimensions
 from vitlandscape.train import recipes
-
-OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
-ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},
-           "supervised": {"supervised"}}
 
 
 class ConfigError(ValueError):
@@ -26,19 +23,6 @@ def validate_config(config: dict, schema_path) -> None:
     lines = schemaerrors.problems(config, schema_path)
     if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
-
-
-def objectives(model_cfg: dict) -> list[str]:
-    """The model's landscape objectives: as listed, or the method's defaults."""
-    return model_cfg.get("objectives") or OBJECTIVES[model_cfg["method"]]
-
-
-def stage_objective(model_cfg: dict, stage: str) -> str:
-    """The objective a training stage optimises (whose forward pass it repeats, whose landscape
-    its trajectory is drawn on)."""
-    if stage == "pretrain":
-        return "supervised" if model_cfg["method"] == "supervised" else "pretext"
-    return stage
 
 
 def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
@@ -289,4 +273,16 @@ def problems(config: dict) -> list[str]:
             if s not in surfaces:
                 out.append(f"figures.compare[{i}] ({panel['name']}): surface {s} is not computed "
                            f"(known: {', '.join(sorted(surfaces))})")
-    return out + _metrics_problems(config, surfaces) + _trajectory_problems(config)
+    return out + _metrics_problems(config, surfaces) + _trajectory_problems(config) + _study_problems(config)
+
+
+def _study_problems(config: dict) -> list[str]:
+    """The studies' keys and values, then each training variant as a model of its own."""
+    out = studies.study_problems(config)
+    if out:
+        return list(dict.fromkeys(out))
+    for v in studies.variants(config).values():
+        if v.trains:
+            out += _model_problems(f"{v.base} (as variant {v.name} of study {v.study})", v.model,
+                                   config["data"]["image_size"])
+    return list(dict.fromkeys(out))

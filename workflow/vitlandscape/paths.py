@@ -6,12 +6,18 @@ from pathlib import Path
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"  # the library runs from the repo
 
 DATA = "results/data/{dataset}.pt"
+EVAL_SUBSET = "results/data/{dataset}.eval={eval_seed}.pt"  # a study's other evaluation subset
 CHECKPOINT = "results/checkpoints/{model}/{stage}.pt"  # stage: pretrain, probe, finetune
 
 
 def data_file(dataset: str) -> str:
     """The prepared data set (prepare_data's output)."""
     return DATA.format(dataset=dataset)
+
+
+def eval_subset_file(dataset: str, eval_seed: int) -> str:
+    """The prepared data set with another evaluation subset of the same training split."""
+    return EVAL_SUBSET.format(dataset=dataset, eval_seed=eval_seed)
 
 
 def trained_checkpoint(model: str, stage: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vitlandscape import configcheck, paths
+from vitlandscape import configcheck, methods, paths
 from vitlandscape.landscape import grid
 from vitlandscape.models.arch import resolve_arch
 from vitlandscape.train import recipes
@@ -77,7 +77,7 @@ def training_stages(model_cfg: dict) -> list[str]:
     accuracy table or a landscape needs them; a given checkpoint skips its stage."""
     stages = [] if model_cfg["checkpoint"] else ["pretrain"]
     if model_cfg["method"] != "supervised":
-        needed = set(model_cfg["accuracy"]) | set(configcheck.objectives(model_cfg))
+        needed = set(model_cfg["accuracy"]) | set(methods.objectives(model_cfg))
         stages += [s for s in ("probe", "finetune") if s in needed and not model_cfg[s]["checkpoint"]]
     return stages
 
@@ -96,7 +96,7 @@ def stage_flops(model_cfg: dict, stage: str, num_classes: int, images: int) -> i
         return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * trained * 2 * dims["embed_dim"] * num_classes)
     teacher = 1 if stage == "pretrain" and model_cfg["method"] == "rcmae" else 0  # RC-MAE: + the EMA teacher's forward
     passes = trained + teacher  # RC-MAE: 4, with SAM 1 + 2 x 3 = 7
-    return epochs * images * passes * flops_per_image(model_cfg, configcheck.stage_objective(model_cfg, stage), num_classes)
+    return epochs * images * passes * flops_per_image(model_cfg, methods.stage_objective(model_cfg, stage), num_classes)
 
 
 def default_train_images(config: dict) -> int | None:
@@ -116,8 +116,8 @@ def default_train_images(config: dict) -> int | None:
 
 def forwards(config: dict) -> list[tuple[str, str]]:
     """(model, objective) of every forward pass the plan needs a rate for: surfaces, then training."""
-    pairs = [(name, o) for name, m in config["models"].items() for o in configcheck.objectives(m)]
-    pairs += [(name, configcheck.stage_objective(m, s)) for name, m in config["models"].items()
+    pairs = [(name, o) for name, m in config["models"].items() for o in methods.objectives(m)]
+    pairs += [(name, methods.stage_objective(m, s)) for name, m in config["models"].items()
               for s in training_stages(m)]
     return list(dict.fromkeys(pairs))
 
@@ -139,10 +139,10 @@ def surfaces(config: dict, num_classes: int, rate) -> list[dict]:
     plane_tile_points = (min(int(paths["tile"][0]), int(paths["alpha"][2]))
                          * min(int(paths["tile"][1]), int(paths["beta"][2])))
     grids = [(name, objective, f"{name}/{objective}", points, tiles, tile_points)
-             for name, m in config["models"].items() for objective in configcheck.objectives(m)]
+             for name, m in config["models"].items() for objective in methods.objectives(m)]
     grids += [(name, objective, f"{name}/{stage} path plane", plane_points, plane_tiles, plane_tile_points)
               for name, stage in trajectory_runs(config)
-              for objective in [configcheck.stage_objective(config["models"][name], stage)]]
+              for objective in [methods.stage_objective(config["models"][name], stage)]]
     out = []
     for name, objective, label, n_points, n_tiles, per_tile in grids:
         flops = flops_per_image(config["models"][name], objective, num_classes)
@@ -176,7 +176,7 @@ def metrics_cost(config: dict, num_classes: int, rate) -> list[dict]:
     products = hessian_products(metrics)
     out = []
     for name, m in config["models"].items():
-        for objective in configcheck.objectives(m):
+        for objective in methods.objectives(m):
             flops = flops_per_image(m, objective, num_classes) * images
             total = flops * (HVP_FORWARDS * (products + ratio_products) + evaluations)
             out.append({"name": f"{name}/{objective}", "hessian_products": products, "flatness_evaluations":
@@ -201,7 +201,7 @@ def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     for name, stage, label in runs:
         model_cfg = config["models"][name]
         flops = stage_flops(model_cfg, stage, num_classes, images)
-        tflops = rate(name, configcheck.stage_objective(model_cfg, stage))
+        tflops = rate(name, methods.stage_objective(model_cfg, stage))
         out.append({"name": label, "flops": flops, "images": images, "epochs": model_cfg[stage]["epochs"],
                     "tflops": tflops, "gpu_hours": hours(flops, tflops)})
     return out

@@ -138,3 +138,12 @@ def _lines(error) -> list[str]:
     else:
         message = error.message
     return [f"{where}: {message}"]
+
+
+def model_problems(entry: dict, schema_path) -> list[str]:
+    """Validate one model entry against the schema's model definition (a study's variant);
+    one line per error, its path relative to the entry."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    model = {"$defs": schema["$defs"], "$ref": "#/$defs/model"}
+    lines = [line for error in _Validator(model).iter_errors(copy.deepcopy(entry)) for line in _lines(error)]
+    return list(dict.fromkeys(lines))

@@ -29,6 +29,12 @@ def require_path(cfg) -> Path:
     return path
 
 
+def eval_seed(cfg: dict) -> int:
+    """The seed of the evaluation subset: a study's `eval_seed` (another subset of the same
+    training split), else `data.seed`, which also splits train from test."""
+    return cfg.get("eval_seed", cfg["seed"])
+
+
 def eval_indices(n_train: int, eval_samples: int, seed: int) -> torch.Tensor:
     """A seeded subset of the training split; the whole split in stored order when it is smaller."""
     if eval_samples >= n_train:

@@ -66,7 +66,7 @@ def prepare(cfg: dict) -> dict:
     else:  # hold out data.test_fraction of train/, as for the other data sets
         train_index, test_index = common.split(len(train), cfg["test_fraction"], cfg["seed"])
         sizes = len(train_index), len(test_index)
-    eval_index = common.eval_indices(sizes[0], cfg["eval_samples"], cfg["seed"])
+    eval_index = common.eval_indices(sizes[0], cfg["eval_samples"], common.eval_seed(cfg))
     files = eval_index if train_index is None else train_index[eval_index]
     return {"streaming": True, "dataset": "imagefolder", "root": str(root), "folders": folders,
             "test_folder": "val" if "val" in folders else "train",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlandscape.data import files
+from vitlandscape.data import common, files
 from vitlandscape.data.common import IMAGENET_MEAN, IMAGENET_STD, DataError, eval_indices, require_path, split
 
 
@@ -95,7 +95,7 @@ def prepare(cfg: dict) -> dict:
         train_x, train_y = x, labels
         test_x = to_model_input(test_images, cfg["image_size"], max_value)
         test_y = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
-    eval_idx = eval_indices(len(train_x), cfg["eval_samples"], cfg["seed"])
+    eval_idx = eval_indices(len(train_x), cfg["eval_samples"], common.eval_seed(cfg))
     return {"train_images": train_x, "train_labels": train_y,
             "test_images": test_x, "test_labels": test_y,
             "eval_index": eval_idx,

@@ -1,11 +1,11 @@
 """Which surfaces of a finished run `bench` measures, and on what: config only (no torch),
 so that the bench rule can name its surfaces when Snakemake reads the workflow."""
-from vitlandscape import configcheck, paths
+from vitlandscape import methods, paths
 
 
 def surfaces_of(models: dict) -> list[str]:
     """Every surface of the config's models, as MODEL/OBJECTIVE."""
-    return [f"{name}/{objective}" for name, m in models.items() for objective in configcheck.objectives(m)]
+    return [f"{name}/{objective}" for name, m in models.items() for objective in methods.objectives(m)]
 
 
 def default_surfaces(models: dict) -> list[str]:

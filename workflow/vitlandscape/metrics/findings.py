@@ -84,7 +84,7 @@ def summary_row(metrics: dict) -> dict:
     return row
 
 
-def _write(table: pd.DataFrame, out) -> None:
+def write_table(table: pd.DataFrame, out) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format=FLOAT_FORMAT)
     print(table.to_string(index=False))
@@ -96,7 +96,7 @@ def summary_table(metric_files, out) -> pd.DataFrame:
     # columns in the order of the fullest row, not of a first row without Hessian or flatness
     columns = dict.fromkeys(c for row in sorted(rows, key=len, reverse=True) for c in row)
     table = pd.DataFrame(rows, columns=list(columns))
-    _write(table, out)
+    write_table(table, out)
     return table
 
 
@@ -160,7 +160,7 @@ def findings_table(summary: pd.DataFrame, claims: list[dict], out) -> pd.DataFra
                          wider.get(measure, math.nan), claim["than"], than.get(measure, math.nan), 1, verdict,
                          reason])
     table = pd.DataFrame(rows, columns=FINDING_COLUMNS)
-    _write(table, out)
+    write_table(table, out)
     return table
 
 

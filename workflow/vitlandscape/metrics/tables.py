@@ -50,11 +50,14 @@ def surface_metrics(surface_path, hessian_path, flatness_path, cfg: dict) -> dic
     ds = xr.open_zarr(surface_path).load()
     measured = {"hessian": _read(hessian_path), "flatness": _read(flatness_path)}
     for part, found in measured.items():
-        if found and (found["model"], found["objective"]) != (ds.attrs["model"], ds.attrs["objective"]):
+        # a study's variant on other directions has the Hessian of the training it shares: same weights
+        same = (found or {}).get("checkpoint_sha256") == ds.attrs.get("checkpoint_sha256")
+        if found and (found["objective"] != ds.attrs["objective"] or not same):
             raise ValueError(f"{part} file of {found['model']}/{found['objective']} given for surface "
-                             f"{surface_path} of {ds.attrs['model']}/{ds.attrs['objective']}")
+                             f"{surface_path} of {ds.attrs['model']}/{ds.attrs['objective']}"
+                             + ("" if found["objective"] != ds.attrs["objective"] else " (other weights)"))
     source = measured["hessian"] or measured["flatness"] or {}
-    identity = {k: source.get(k, ds.attrs.get(k)) for k in IDENTITY}
+    identity = {k: source.get(k, ds.attrs.get(k)) for k in IDENTITY} | {"model": ds.attrs["model"]}
     result = {**identity, "surface_file": str(surface_path),
               "parameters": (measured["hessian"] or {}).get("parameters"),
               "hessian": _without(measured["hessian"], IDENTITY + ("centre_loss",)),
@@ -62,6 +65,13 @@ def surface_metrics(surface_path, hessian_path, flatness_path, cfg: dict) -> dic
               "surface": _measures(ds, cfg, surface_path)}
     result["centre_loss"] = source.get("centre_loss", result["surface"]["centre_loss"])
     return result
+
+
+def write_surface_metrics(cfg: dict, surface, hessian, flatness, out) -> dict:
+    """One surface's metrics file on its own (a study's variant; the run's own come with `tables`)."""
+    metrics = surface_metrics(surface, hessian, flatness, cfg)
+    write_json(metrics, out)
+    return metrics
 
 
 def tables(cfg: dict, surfaces, hessians, flatnesses, out_dir) -> None:

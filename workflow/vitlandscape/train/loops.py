@@ -15,7 +15,7 @@ from vitlandscape import devices, faults, progress
 from vitlandscape.data import prepare
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.train import optim, recipes
-from vitlandscape.train.rcmae import batch_scaled, ema_momentum, ema_update, teacher_prediction
+from vitlandscape.train.rcmae import ema_momentum, ema_update, teacher_prediction
 from vitlandscape.train.rcmae import step_losses as rcmae_step_losses
 
 
@@ -159,7 +159,7 @@ def pretrain_mae(model, batches, cfg: dict, stage_cfg: dict, rcmae: bool, record
     targets = {}  # with SAM: the teacher's prediction at the current step (its weights move after the step)
 
     def momentum(step):
-        base = batch_scaled(cfg["ema_momentum"], stage_cfg["batch_size"], cfg.get("ema_batch_reference"))
+        base = recipes.batch_scaled(cfg["ema_momentum"], stage_cfg["batch_size"], cfg.get("ema_batch_reference"))
         return ema_momentum(step, total, base, cfg["ema_schedule"])
 
     def step_loss(x, labels, step):

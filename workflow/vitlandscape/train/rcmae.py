@@ -17,13 +17,6 @@ def ema_momentum(step: int, total: int, base: float, schedule: str) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
 
 
-def batch_scaled(momentum: float, batch_size: int, reference: int | None) -> float:
-    """The EMA momentum for `batch_size` when `momentum` suits a batch of `reference`: m ** kappa
-    for a batch kappa times larger keeps the teacher's averaging horizon in images, not steps
-    (Busbridge et al. 2023); `momentum` itself when `reference` is None."""
-    return momentum if reference is None else momentum ** (batch_size / reference)
-
-
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
     for t, s in zip(teacher.parameters(), student.parameters()):

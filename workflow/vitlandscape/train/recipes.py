@@ -91,6 +91,13 @@ def resolve(model_cfg: dict, stage: str) -> dict:
             "seed": model_cfg["seed"], "recipe": recipe}
 
 
+def batch_scaled(momentum: float, batch_size: int, reference: int | None) -> float:
+    """The EMA momentum for `batch_size` when `momentum` suits a batch of `reference`: m ** kappa
+    for a batch kappa times larger keeps the teacher's averaging horizon in images, not steps
+    (Busbridge et al. 2023); `momentum` itself when `reference` is None."""
+    return momentum if reference is None else momentum ** (batch_size / reference)
+
+
 def uses_sam(recipe: dict) -> bool:
     """Whether a step takes SAM's second forward-backward pass (sam or asam)."""
     return recipe["sam"] != "none"

@@ -1,0 +1,19 @@
+"""What each method has: the landscape objectives it measures by default and those it can;
+the objective each training stage optimises. Imports nothing."""
+
+OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
+ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},
+           "supervised": {"supervised"}}
+
+
+def objectives(model_cfg: dict) -> list[str]:
+    """The model's landscape objectives: as listed, or the method's defaults."""
+    return model_cfg.get("objectives") or OBJECTIVES[model_cfg["method"]]
+
+
+def stage_objective(model_cfg: dict, stage: str) -> str:
+    """The objective a training stage optimises (whose forward pass it repeats, whose landscape
+    its trajectory is drawn on)."""
+    if stage == "pretrain":
+        return "supervised" if model_cfg["method"] == "supervised" else "pretext"
+    return stage
