@@ -146,7 +146,7 @@ def test_a_measure_repeated_across_direction_pairs_is_one_measurement(tmp_path):
     """A Hessian measure of one training is the same on every direction pair: 3 equal
     differences are one measurement, not 3, and give no verdict."""
     row = _findings(_summary([[0.6, 0.6, 0.6]], [[0.3, 0.3, 0.3]], seeds=1), tmp_path).iloc[0]
-    assert row["n"] == 3 and row["verdict"] == "undecided" and "one measurement repeated" in row["reason"]
+    assert row["n"] == 3 and row["verdict"] == "undecided" and "no spread for an interval" in row["reason"]
     # over 3 trainings the same repeated values do vary: an interval, and a verdict
     varied = _findings(_summary([[0.6] * 3, [0.65] * 3, [0.62] * 3], [[0.3] * 3] * 3), tmp_path).iloc[0]
     assert varied["verdict"] == "holds" and varied["ci_low"] > 0

@@ -72,6 +72,35 @@ def findings(results: Path) -> str:
             + _table(["claim", "measure", "claimed wider", "than", "verdict"], rows))
 
 
+def _interval(r) -> str:
+    return "" if pd.isna(r.ci_low) else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
+
+
+def studies(results: Path) -> str:
+    """Every study's findings across replicates (studies/*/findings.csv) and how its variants
+    pretrained (studies/*/summary.csv)."""
+    parts = []
+    for folder in sorted(p for p in (results / "studies").iterdir() if (p / "findings.csv").is_file()):
+        table = pd.read_csv(folder / "findings.csv", keep_default_na=False, na_values=[""], dtype={"setting": str})
+        counts = table["verdict"].value_counts()
+        words = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "does not hold", "undecided"))
+        rows = [[r.claim, r.measure, r.setting, str(r.n), _value(r.mean_wider), _value(r.mean_than),
+                 _value(r.mean_difference), _interval(r), f"{r.holds_in}/{r.n}",
+                 r.verdict + (f" ({r.reason})" if isinstance(r.reason, str) and r.reason else "")]
+                for r in table.itertuples()]
+        summary = pd.read_csv(folder / "summary.csv", dtype={"setting": str})
+        trained = summary.drop_duplicates("variant")
+        training = [[r.variant, r.setting, str(r.pretrain_batch_size), f"{r.pretrain_lr:.3g}",
+                     "yes" if r.lr_follows_batch else "no"] for r in trained.itertuples()]
+        parts.append(f"**{folder.name}** ({len(summary)} replicate surfaces of {len(trained)} trainings; "
+                     f"{len(table)} claim measures: {words})\n\n"
+                     + _table(["claim", "measure", "setting", "n", "mean wider", "mean than", "mean difference",
+                               "95% interval", "holds in", "verdict"], rows)
+                     + "\n" + _table(["training", "setting", "pretrain batch", "peak lr", "lr follows the batch"],
+                                      training))
+    return "\n".join(parts)
+
+
 def _row(table: pd.DataFrame, model: str, target: str) -> pd.Series | None:
     """The convergence table's row of `model` and `target`, None when it has none."""
     rows = table[(table["model"] == model) & (table["target"] == target)]
@@ -121,15 +150,15 @@ def trajectory(results: Path) -> str:
 
 
 # each subpackage's job, for the README's "Where the code is"
-ROLES = {".": "entry and config: the command line, config checks, code hashes, the planner, warm start, devices, "
-              "test hooks",
+ROLES = {".": "entry and config: the command line, config checks, studies' variants, the methods, code hashes, "
+              "the planner, warm start, devices, test hooks",
          "data": "data sets: official files (IDX, CIFAR batches), preparation, the evaluation subset, streamed image folders",
          "augment": "training augmentations on a batch's tensors, one kind per module",
          "models": "MAE and classifier ViTs, position embeddings, masking",
          "train": "training stages, loops, recipes, optimisers, the RC-MAE step, recording",
          "landscape": "objectives, directions, grid and tiles, the grid engine, trajectory planes, benchmarks",
-         "metrics": "Hessian, flatness, basins, findings, accuracy and convergence tables",
-         "figures": "surface, comparison, trajectory, reconstruction and interactive figures",
+         "metrics": "Hessian, flatness, basins, findings, replicates' intervals, accuracy and convergence tables",
+         "figures": "surface, comparison, trajectory, reconstruction, study and interactive figures",
          "storage": "result files, checkpoints and their release formats, snapshots"}
 
 
@@ -154,7 +183,8 @@ def kernels(_results: Path) -> str:
             "(`torch.backends.cpu.get_cpu_capability()`); other kernels give other last digits.\n")
 
 
-QUOTES = {"kernels": kernels, "code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory}
+QUOTES = {"kernels": kernels, "code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory,
+          "studies": studies}
 # docs/ figure -> (the run's figure, width in pixels)
 FIGURES = {"docs/mae_vs_supervised.png": ("figures/compare/mae_vs_supervised_compare.png", 738),
            "docs/mae_vs_rcmae_trajectory.png": ("figures/trajectories/mae_vs_rcmae/pretrain_path.png", 960)}

@@ -106,8 +106,9 @@ def paired_finding(measure: str, wider: pd.DataFrame, than: pd.DataFrame, bootst
     if len(common) < 2:
         return {**found, **_undecided(f"{len(common)} paired replicate: no interval"), **means}
     if difference.nunique() == 1:  # e.g. a Hessian measure of one training on several direction pairs
-        return {**found, **_undecided(f"all {len(common)} paired differences are {difference.iloc[0]:.4g}: "
-                                      f"one measurement repeated, no spread for an interval"), **means}
+        return {**found, **_undecided(f"all {len(common)} paired differences are {difference.iloc[0]:.4g}: no "
+                                      f"spread for an interval (a Hessian or flatness measure of one training "
+                                      f"is the same on every direction pair)"), **means}
     difference = wider[measure] - than[measure]
     groups = [g.to_numpy() for _, g in difference.groupby(level=0)]
     low, high = nested_interval(groups, bootstrap["resamples"], bootstrap["seed"], bootstrap["confidence"])
