@@ -281,3 +281,24 @@ def test_plan_without_measuring_imports_no_torch(tmp_path):
                          "PATH": ""}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "mae/pretext" in run.stdout
+
+
+def test_a_studys_variants_are_planned_as_the_workflow_runs_them(default_config):
+    """Surfaces of every variant; trainings of the variants that train (pretraining and the
+    probe, no fine-tuning); Hessian and flatness once per training, not per direction pair."""
+    config = validated({**default_config, "studies": [
+        {"name": "seeds", "models": ["mae"], "vary": {"seed": [0, 1]}, "direction_seeds": [0, 2]},
+        {"name": "batch", "models": ["mae"], "vary": {"pretrain.batch_size": [256]}}]})
+    result = plan.plan(config, tflops=100.0, num_classes=10, train_images=1000)
+    surfaces = {s["name"] for s in result["surfaces"]}
+    for variant in ("mae.seed=1", "mae.directions=2", "mae.seed=1.directions=2", "mae.pretrain.batch_size=256"):
+        assert {f"{variant}/pretext", f"{variant}/probe"} <= surfaces
+    trained = {t["name"]: t for t in result["training"]}
+    assert {"mae.seed=1/pretrain", "mae.seed=1/probe", "mae.pretrain.batch_size=256/pretrain"} <= set(trained)
+    assert not any(n.startswith("mae.seed=1/finetune") or "directions" in n for n in trained)
+    # the seed changes nothing of the cost; 256 images a step with the same epochs: the same FLOPs too
+    assert trained["mae.seed=1/pretrain"]["flops"] == trained["mae/pretrain"]["flops"]
+    metrics = {m["name"] for m in result["metrics"]}
+    assert {"mae.seed=1/pretext", "mae.pretrain.batch_size=256/probe"} <= metrics
+    assert not any("directions" in n for n in metrics)
+    assert len(result["surfaces"]) == len(plan.plan(validated(default_config), 100.0, 10, 1000)["surfaces"]) + 4 * 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vitlandscape import configcheck, methods, paths
+from vitlandscape import configcheck, methods, paths, studies
 from vitlandscape.landscape import grid
 from vitlandscape.models.arch import resolve_arch
 from vitlandscape.train import recipes
@@ -207,30 +207,45 @@ def training(config: dict, num_classes: int, images: int, rate) -> list[dict]:
     return out
 
 
+def with_variants(config: dict) -> dict[str, dict]:
+    """The models of each part of the plan, by name: the config's own and its studies' variants.
+    Every variant has surfaces; a variant on other directions or another evaluation subset has
+    no training (it shares its training's), and its Hessian and flatness are its training's on
+    that subset. Variants train what their surfaces need: no fine-tuning for the accuracy table."""
+    variants = studies.variants(config)
+    return {"surfaces": {**config["models"], **{n: v.model for n, v in variants.items()}},
+            "training": {**config["models"], **{n: {**v.model, "accuracy": []} for n, v in variants.items()
+                                                if v.trains}},
+            "metrics": {**config["models"], **{n: v.model for n, v in variants.items() if n == v.measured_as}}}
+
+
 def plan(config: dict, tflops: float = DEFAULT_TFLOPS, num_classes: int = 1000, train_images: int | None = None,
          measured: dict | None = None) -> dict:
     """Cost of every surface (and of one tile) and of every training stage of a schema-validated
-    config, at `tflops` sustained or, when `measured` (`throughput.measure`) is given, at the
-    rate each forward pass achieved there. train_images: per epoch (default_train_images)."""
+    config, its studies' variants included, at `tflops` sustained or, when `measured`
+    (`throughput.measure`) is given, at the rate each forward pass achieved there (a variant at
+    its base's rate). train_images: per epoch (default_train_images)."""
     if train_images is None:
         train_images = default_train_images(config)
+    models = with_variants(config)
+    bases = {n: v.base for n, v in studies.variants(config).items()}
 
     def rate(name, objective):
         if measured is None:
             return tflops
         # achieved TFLOP/s: FLOPs counted by hand x images/s measured
-        ips = measured["images_per_s"][name, objective]
-        return flops_per_image(config["models"][name], objective, num_classes) * ips / 1e12
+        ips = measured["images_per_s"][bases.get(name, name), objective]
+        return flops_per_image(models["surfaces"][name], objective, num_classes) * ips / 1e12
 
     result = {"tflops": None if measured else tflops, "num_classes": num_classes,
-              "surfaces": surfaces(config, num_classes, rate),
-              "training": training(config, num_classes, train_images, rate),
-              "metrics": metrics_cost(config, num_classes, rate)}
+              "surfaces": surfaces({**config, "models": models["surfaces"]}, num_classes, rate),
+              "training": training({**config, "models": models["training"]}, num_classes, train_images, rate),
+              "metrics": metrics_cost({**config, "models": models["metrics"]}, num_classes, rate)}
     if measured:
         result.update(device=measured["device"], precision=measured["precision"])
         for entry in result["surfaces"]:
             name, objective = entry["model"], entry["objective"]
-            entry["measured_images_per_s"] = measured["images_per_s"][name, objective]
+            entry["measured_images_per_s"] = measured["images_per_s"][bases.get(name, name), objective]
             entry["measured_tflops"] = rate(name, objective)
     result["total_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["surfaces"])
     result["total_training_gpu_hours"] = math.fsum(s["gpu_hours"] for s in result["training"])
