@@ -1,6 +1,6 @@
 """Numbers the documentation quotes from the default run, written from `results/`, never by hand.
 
-    python workflow/scripts/quote_results.py [--results results] [--check] FILE...
+    python workflow/scripts/quote_results.py [--results results] [--check] [--only NAME]... FILE...
 
 Each FILE (README.md, docs/*.md) may hold quoted blocks:
 
@@ -12,7 +12,9 @@ Without `--check` every block is rewritten from the run in `--results`, and, whe
 among the files, the figures it shows (FIGURES) are copied from that run into docs/ at a width
 that reads on a page; with it nothing is
 written and the exit status is 1, with a diff, when a block differs from what the run gives
-(tests/test_workflow_e2e.py checks the README against a fresh default run this way). Only
+(tests/test_workflow_e2e.py checks the README against a fresh default run this way). `--only`
+limits it to the named blocks: `--only code-tree` needs no run (tests/test_docs.py checks
+the code's own blocks in seconds, so a change of code does not wait for the end-to-end run). Only
 numbers a rerun reproduces on the same machine are quoted: accuracies, verdicts, steps, losses,
 distances; wall times vary between runs and are stated as measurements instead. The `kernels`
 block says which CPU kernels the run had (run the script where the workflow ran): the end-to-end
@@ -200,12 +202,15 @@ def copy_figures(results: Path, root: Path) -> None:
         print(f"wrote {target} from {results / source}")
 
 
-def rewrite(text: str, results: Path) -> str:
-    """`text` with every quoted block written anew from `results`; an unknown block name is an error."""
+def rewrite(text: str, results: Path, only: set[str] | None = None) -> str:
+    """`text` with its quoted blocks (those named in `only`, or all) written anew from `results`;
+    an unknown block name is an error."""
     def block(match: re.Match) -> str:
         name = match["name"]
         if name not in QUOTES:
             raise SystemExit(f"unknown quoted block {name!r}; known: {', '.join(QUOTES)}")
+        if only is not None and name not in only:
+            return match[0]
         return match[1] + QUOTES[name](results) + match[4]
     return BLOCK.sub(block, text)
 
@@ -215,13 +220,16 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block differs")
+    parser.add_argument("--only", action="append", choices=sorted(QUOTES), metavar="NAME",
+                        help="only this block (repeatable; code-tree needs no run)")
     args = parser.parse_args(argv)
-    if not args.check and any(path.name == "README.md" for path in args.files):  # the default run's figures
+    only = set(args.only) if args.only else None
+    if not args.check and only is None and any(path.name == "README.md" for path in args.files):  # the run's figures
         copy_figures(args.results, Path(__file__).resolve().parents[2])
     stale = 0
     for path in args.files:
         text = path.read_text()
-        new = rewrite(text, args.results)
+        new = rewrite(text, args.results, only)
         if new == text:
             continue
         if args.check:
