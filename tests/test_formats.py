@@ -163,8 +163,9 @@ def test_unsupported_file_names_what_it_found(tmp_path):
     state = {"stem.conv.weight": torch.zeros(8, 3, 3, 3), "layer1.0.bn.weight": torch.zeros(8)}
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "resnet.pth")
     with pytest.raises(CheckpointError, match=r"resnet.pth is in no supported format \(top-level keys: state_dict, "
-                                              r"epoch; parameter names: none\)\. Supported: vitlandscape, "
-                                              r"mae_pretrain, rcmae_release, mae_encoder"):
+                                              r"epoch; parameter names: stem.conv.weight, layer1.0.bn.weight\)\. "
+                                              r"Supported: vitlandscape, mae_pretrain, rcmae_release, mae_encoder.*"
+                                              r"mocov3_pretrain, mocov3_linprobe"):
         formats.read(tmp_path / "resnet.pth")
     save_file(state, tmp_path / "resnet.safetensors")
     with pytest.raises(CheckpointError, match=r"parameter names: layer1.0.bn.weight, stem.conv.weight\)"):

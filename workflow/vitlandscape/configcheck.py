@@ -9,7 +9,7 @@ from pathlib import Path
 from vitlandscape import schemaerrors, studies
 from vitlandscape.methods import ALLOWED, objectives
 from vitlandscape.metrics import findings
-from vitlandscape.models.arch import DECODER_KEYS, PRESETS, dimensions
+from vitlandscape.models.arch import DECODER_KEYS, PRESETS, dimensions, is_timm
 from vitlandscape.train import recipes
 
 
@@ -27,7 +27,10 @@ def validate_config(config: dict, schema_path) -> None:
 
 def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     key = f"models.{name}"
-    dims = dimensions(m["arch"])
+    try:
+        dims = dimensions(m["arch"])
+    except ValueError as err:  # a timm arch that timm cannot build
+        return [f"{key}.{err}"]
     out = []
     if dims["img_size"] != image_size:
         out.append(f"{key}.arch.img_size is {dims['img_size']} but data.image_size is {image_size}")
@@ -42,7 +45,12 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
     elif m["method"] == "supervised":
         out += [f"{key}.arch.{k}: {dims[k]} is a decoder setting, which a supervised model does not have; "
                 f"expected no {k}" for k in DECODER_KEYS if k in dims]
-    if m["method"] in ("mae", "rcmae"):
+    if m["method"] in ("mae", "rcmae") and is_timm(m["arch"]):
+        if not m.get("checkpoint") or "pretext" in objectives(m):
+            out.append(f"{key}.arch.timm: {m['arch']['timm']} has no MAE decoder, so method {m['method']} can "
+                       f"neither pretrain it nor measure its pretext loss; give `checkpoint` (a pretrained "
+                       f"encoder in timm's names) and objectives among probe, finetune")
+    elif m["method"] in ("mae", "rcmae"):
         missing = [k for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads") if k not in dims]
         if missing:
             out.append(f"{key}.arch needs {', '.join(missing)} for method {m['method']}")
@@ -107,15 +115,17 @@ def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[
     import torch
 
     from vitlandscape.landscape import objectives
-    from vitlandscape.models.classifier import ENCODER_PREFIXES, build_classifier, encoder_state
+    from vitlandscape.models.classifier import build_classifier, encoder_weights
     from vitlandscape.storage import checkpoint_header
     from vitlandscape.storage.checkpoints import CheckpointError, check_keys
 
     wanted, found = dimensions(m["arch"]), checkpoint_header.dims(ckpt.state)
+    timm_arch = is_timm(m["arch"])
     differ = [f"{key}.arch.{k}: {wanted[k]} does not match checkpoint {ckpt.path} ({key}.{name}); expected {v}, "
               f"as in the checkpoint"
               for k, v in found.items() if k in wanted and wanted[k] != v
-              and ("pretext" in uses or k not in DECODER_KEYS)]  # only the pretext loss uses the decoder
+              and ("pretext" in uses or k not in DECODER_KEYS)  # only the pretext loss uses the decoder
+              and not (timm_arch and k == "img_size")]  # timm's position embeddings are resampled
     if differ:
         return differ
     what = f"checkpoint {ckpt.path}"
@@ -124,10 +134,10 @@ def _arch_problems(key: str, name: str, ckpt, uses: list[str], m: dict) -> list[
             for use in uses:
                 if use == "encoder":
                     model = build_classifier(m["arch"], 1, "probe")
-                    expected = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
-                    check_keys(expected, encoder_state(ckpt.state), what)
+                    check_keys(*encoder_weights(model, ckpt.state, timm_arch), what)
                 else:
-                    check_keys(objectives.model_for(ckpt, use, m).state_dict(), ckpt.state, what)
+                    model = objectives.model_for(ckpt, use, m)
+                    check_keys(model.state_dict(), objectives.fitted_state(model, ckpt, m), what)
     except CheckpointError as err:
         text = f"{key}.{name}: {err} (the model of {key}.arch)"
         return [text if len(text) <= 400 else text[:397] + "..."]

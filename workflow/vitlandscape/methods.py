@@ -17,3 +17,14 @@ def stage_objective(model_cfg: dict, stage: str) -> str:
     if stage == "pretrain":
         return "supervised" if model_cfg["method"] == "supervised" else "pretext"
     return stage
+
+
+# downstream_weights: the EMA weights of a model that has two sets (RC-MAE's and DINO's
+# teacher, MoCo v3's momentum encoder), or those trained by gradients (student, base encoder)
+EMA_WEIGHTS = ("teacher", "momentum")
+GRADIENT_WEIGHTS = ("student", "base")
+
+
+def downstream_is_ema(model_cfg: dict) -> bool:
+    """Whether the model's `downstream_weights` names its EMA weights."""
+    return model_cfg["downstream_weights"] in EMA_WEIGHTS

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from vitlandscape import devices
 from vitlandscape.data import prepare
-from vitlandscape.models.arch import build_mae
-from vitlandscape.models.classifier import build_classifier, classifier_for
+from vitlandscape.models.arch import build_mae, is_timm
+from vitlandscape.models.classifier import build_classifier, classifier_for, timm_state
 from vitlandscape.models.masking import eval_noise, random_masking
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import checkpoint_identity
@@ -106,8 +106,16 @@ def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, 
     ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"],
                         trusted=model_cfg.get("trust_checkpoint", False))
     model = model_for(ckpt, objective, model_cfg)
-    checkpoints.load_into(model, ckpt.state, what=f"checkpoint {checkpoint} ({ckpt.label})")
+    checkpoints.load_into(model, fitted_state(model, ckpt, model_cfg), what=f"checkpoint {checkpoint} ({ckpt.label})")
     return model.eval(), ckpt
+
+
+def fitted_state(model: torch.nn.Module, ckpt: formats.Checkpoint, model_cfg: dict) -> dict:
+    """The checkpoint's weights for `model`: as stored, or, for a released checkpoint of a timm
+    arch, through timm's checkpoint filter (position embeddings resampled to `arch.img_size`)."""
+    if ckpt.format != "vitlandscape" and is_timm(model_cfg["arch"]):
+        return timm_state(model, ckpt.state)
+    return ckpt.state
 
 
 def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:

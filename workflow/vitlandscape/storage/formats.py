@@ -12,27 +12,42 @@ mae_linprobe    official linear probe: cls token, `norm`, `head.0` =         pro
                 BatchNorm1d(affine=False), `head.1` = Linear
 timm_vit        supervised ViT from DeiT (`{'model': ...}`) or timm (a bare  supervised, finetune
                 state dict, e.g. model.safetensors): cls token, `norm`, `head`
+backbone        a bare encoder state dict in timm's names, no head: DINO's   probe and fine-tune training
+                dino_*_pretrain.pth, timm's headless ViTs (DINOv2)
+dino_full       DINO's training checkpoint: `student` (`module.backbone.*`)  probe and fine-tune training
+                and `teacher` (`backbone.*`); the DINO heads are ignored
+mocov3_pretrain MoCo v3's checkpoint: `state_dict` with `module.base_       probe and fine-tune training
+                encoder.*`, `module.momentum_encoder.*` (projector in
+                `head.*`, ignored) and `module.predictor.*`
+mocov3_linprobe MoCo v3's linear probe: `state_dict` with `module.<ViT>`   probe
+                and a linear `module.head` on the cls token
 
 Any of them may be a torch file or a safetensors file (a flat state dict). Everything
-loads with `weights_only=True`; detection needs only the key names.
+loads with `weights_only=True`; detection needs only the key names. Where a file holds two
+sets of weights, `prefer` (a model's `downstream_weights`) picks one by its role: `teacher` or
+`momentum` the EMA one (RC-MAE's and DINO's teacher, MoCo v3's momentum encoder), `student`
+or `base` the one trained by gradients.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from vitlandscape.methods import EMA_WEIGHTS, GRADIENT_WEIGHTS
 from vitlandscape.storage import checkpoints
 from vitlandscape.storage.checkpoints import CheckpointError
 
 FORMATS = ("vitlandscape", "mae_pretrain", "rcmae_release", "mae_encoder", "mae_finetuned", "mae_linprobe",
-           "timm_vit")
+           "timm_vit", "backbone", "dino_full", "mocov3_pretrain", "mocov3_linprobe")
 WITH_DECODER = ("mae_pretrain", "rcmae_release")
-WITH_ENCODER = WITH_DECODER + ("mae_encoder",)
-# Classifier layouts: how the head reads the encoder's tokens.
-POOLING = {"mae_finetuned": "avg", "mae_linprobe": "probe", "timm_vit": "token"}
+WITH_ENCODER = WITH_DECODER + ("mae_encoder", "backbone", "dino_full", "mocov3_pretrain")
+# Classifier layouts: how the head reads the encoder's tokens ('linear': a linear head on the
+# cls token of an encoder with MoCo v3's fixed sin-cos position embedding).
+POOLING = {"mae_finetuned": "avg", "mae_linprobe": "probe", "timm_vit": "token", "mocov3_linprobe": "linear"}
 # Formats an objective's model may come from (besides our own checkpoints of the right kind).
-SERVES = {"pretext": WITH_DECODER, "probe": ("mae_linprobe",), "finetune": ("mae_finetuned", "timm_vit"),
-          "supervised": ("timm_vit", "mae_finetuned")}
+SERVES = {"pretext": WITH_DECODER, "probe": ("mae_linprobe", "mocov3_linprobe"),
+          "finetune": ("mae_finetuned", "timm_vit"), "supervised": ("timm_vit", "mae_finetuned")}
+
 DECODER_FILES = ("mae_visualize_vit_{base,large,huge}.pth (pixel targets) or "
                  "mae_pretrain_vit_{base,large,huge}_full.pth (norm-pix targets), or an RC-MAE release checkpoint")
 
@@ -117,28 +132,60 @@ def read(path, prefer: str = "teacher", trusted: bool = False) -> Checkpoint:
     return recognise(ckpt, path, container, prefer)
 
 
+def _is_ema(prefer: str) -> bool:
+    if prefer not in EMA_WEIGHTS + GRADIENT_WEIGHTS:
+        raise ValueError(f"prefer must be one of {', '.join(EMA_WEIGHTS + GRADIENT_WEIGHTS)}, got {prefer!r}")
+    return prefer in EMA_WEIGHTS
+
+
+def _under(state: dict, prefix: str) -> dict:
+    """The entries of `state` under `prefix`, without it."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _encoder_only(state: dict) -> bool:
+    return layout({k: v for k, v in state.items() if not k.startswith("head.")}) == "mae_encoder"
+
+
 def recognise(ckpt: dict, path, container: str = "torch", prefer: str = "teacher") -> Checkpoint:
     """The format of a loaded checkpoint dict (`path` names it in messages)."""
     path = Path(path)
+    ema = _is_ema(prefer)
     if "kind" in ckpt and _is_state_dict(ckpt.get("model")):
         meta = {k: v for k, v in ckpt.items() if k != "model"}
         return Checkpoint(path, "vitlandscape", container, _strip(ckpt["model"]), meta)
     if "student" in ckpt and "teacher" in ckpt:
-        if prefer not in ("teacher", "student"):
-            raise ValueError(f"prefer must be 'teacher' or 'student', got {prefer!r}")
-        state = _strip(ckpt[prefer])
+        role = "teacher" if ema else "student"
+        state = _strip(ckpt[role])
+        backbone = _under(state, "backbone.")
+        if backbone and _encoder_only(backbone):  # DINO: the head beside the backbone is its own
+            return Checkpoint(path, "dino_full", container, backbone, {"weights": role})
         if layout(state) != "mae_pretrain":
             raise _unrecognised(path, ckpt, state)
-        return Checkpoint(path, "rcmae_release", container, state, {"weights": prefer})
+        return Checkpoint(path, "rcmae_release", container, state, {"weights": role})
+    if _is_state_dict(ckpt.get("state_dict")):  # MoCo v3's main_moco.py / main_lincls.py
+        state, meta = _strip(ckpt["state_dict"]), {k: v for k, v in ckpt.items() if k != "state_dict"}
+        if any(k.startswith("base_encoder.") for k in state):
+            role = "momentum_encoder" if ema else "base_encoder"
+            encoder = {k: v for k, v in _under(state, role + ".").items() if not k.startswith("head.")}
+            if not _encoder_only(encoder):
+                raise _unrecognised(path, ckpt, state)
+            return Checkpoint(path, "mocov3_pretrain", container, encoder, {**meta, "weights": role})
+        if layout(state) != "timm_vit":
+            raise _unrecognised(path, ckpt, state)
+        return Checkpoint(path, "mocov3_linprobe", container, state, meta)
+    bare = _is_state_dict(ckpt)
     if _is_state_dict(ckpt.get("model")):
         state, meta = _strip(ckpt["model"]), {k: v for k, v in ckpt.items() if k != "model"}
-    elif _is_state_dict(ckpt):
+    elif bare:
         state, meta = _strip(ckpt), {}
     else:
         raise _unrecognised(path, ckpt, None)
     found = layout(state)
     if found is None:
         raise _unrecognised(path, ckpt, state)
+    if found == "mae_encoder" and bare:  # MAE's encoder files are {'model': ...}; DINO's and timm's bare
+        found = "backbone"
     return Checkpoint(path, found, container, state, meta)
 
 
@@ -163,16 +210,20 @@ def require(ckpt: Checkpoint, objective: str) -> None:
     what = ckpt.format
     if ckpt.format == "vitlandscape":
         what = f"vitlandscape {ckpt.meta.get('kind')}" + (f" ({ckpt.meta['head']})" if "head" in ckpt.meta else "")
+    hint = ""
+    if ckpt.format in WITH_ENCODER and objective in ("probe", "finetune"):
+        hint = (f"; it is a pretrained encoder: give it as the model's `checkpoint`, and the workflow trains "
+                f"the {objective} on it")
     raise CheckpointError(f"checkpoint {ckpt.path} is a {what} checkpoint, which cannot serve the "
                           f"{objective} objective (that needs {', '.join(SERVES[objective])} or this "
-                          f"workflow's own {objective} checkpoint)")
+                          f"workflow's own {objective} checkpoint){hint}")
 
 
 def encoder_source(ckpt: Checkpoint) -> dict:
-    """The MAE encoder weights of a pretrained checkpoint (probe and fine-tune training)."""
+    """The encoder weights of a pretrained checkpoint (probe and fine-tune training)."""
     if ckpt.format in WITH_ENCODER or (ckpt.format == "vitlandscape" and ckpt.meta.get("kind") == "mae"):
         return ckpt.state
-    raise CheckpointError(f"checkpoint {ckpt.path} ({ckpt.label}) holds no pretrained MAE encoder; "
+    raise CheckpointError(f"checkpoint {ckpt.path} ({ckpt.label}) holds no pretrained encoder; "
                           f"probing and fine-tuning start from {', '.join(WITH_ENCODER)} or this workflow's "
                           f"pretrain.pt")
 

@@ -11,8 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vitlandscape import devices, faults, progress
+from vitlandscape import devices, faults, methods, progress
 from vitlandscape.data import prepare
+from vitlandscape.models.arch import is_timm
 from vitlandscape.models.classifier import build_classifier, load_encoder
 from vitlandscape.train import optim, recipes
 from vitlandscape.train.rcmae import ema_momentum, ema_update, teacher_prediction
@@ -182,7 +183,7 @@ def pretrain_mae(model, batches, cfg: dict, stage_cfg: dict, rcmae: bool, record
         ema_update(teacher, model, momentum(step))
 
     if record is not None:
-        record.watch(teacher if teacher is not None and cfg["downstream_weights"] == "teacher" else model)
+        record.watch(teacher if teacher is not None and methods.downstream_is_ema(cfg) else model)
     torch.manual_seed(cfg["seed"])
     groups = optim.param_groups(model, stage_cfg["weight_decay"], stage_cfg["recipe"]["layer_decay"],
                                 stage_cfg["recipe"]["no_weight_decay"])
@@ -285,7 +286,7 @@ def downstream(mae_state: dict, arch: dict, num_classes: int, batches, stage_cfg
     Returns (model, history)."""
     torch.manual_seed(stage_cfg["seed"])  # the head's initialisation
     model = build_classifier(arch, num_classes, head, stage_cfg.get("global_pool", False), stage_cfg["recipe"]["drop_path"])
-    load_encoder(model, {k: v.cpu() for k, v in mae_state.items()})
+    load_encoder(model, {k: v.cpu() for k, v in mae_state.items()}, timm_arch=is_timm(arch))
     model.to(device)
     if head == "probe":
         history = linear_probe(model, batches, stage_cfg, cached, record, augmentation)

@@ -140,7 +140,7 @@ class SAM(torch.optim.Optimizer):
 
 def vit_layer_id(name: str, num_layers: int) -> int:
     """Layer of a timm VisionTransformer parameter in the official layer-wise decay."""
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+    if name in ("cls_token", "reg_token", "pos_embed") or name.startswith("patch_embed"):  # reg_token: timm registers
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

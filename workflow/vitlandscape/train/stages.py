@@ -3,11 +3,11 @@ import json
 
 import torch
 
-from vitlandscape import devices
+from vitlandscape import devices, methods
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.data import prepare
 from vitlandscape.landscape import objectives
-from vitlandscape.models.arch import build_mae, resolve_arch
+from vitlandscape.models.arch import build_mae, is_timm, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import checkpoint_identity, sha256, write_json
@@ -65,7 +65,7 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
                 "mask_ratio": cfg["mask_ratio"], "history": history, "model": cpu_state(model)}
         if teacher is not None:
             ckpt.update(student=cpu_state(model), teacher=cpu_state(teacher),
-                        model=cpu_state(teacher if cfg["downstream_weights"] == "teacher" else model))
+                        model=cpu_state(teacher if methods.downstream_is_ema(cfg) else model))
         what = "MAE + consistency loss" if method == "rcmae" else "MAE loss"
         print(f"{method} last-epoch training {what}: {history[-1]['loss']:.4f}")
     return ckpt
@@ -136,7 +136,7 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, *, out, metrics_out
     if stage == "probe":
         # The same probe on a randomly initialised encoder: what pretraining adds.
         torch.manual_seed(cfg["seed"])
-        baseline, _ = run(build_mae(cfg["arch"], cfg["norm_pix_loss"]).state_dict())
+        baseline, _ = run(random_encoder(cfg))
         metrics["random_init_test_top1"] = test_top1(baseline)
     ckpt = {"kind": "classifier", "head": stage, "global_pool": cfg[stage].get("global_pool", False),
             "method": cfg["method"], "arch": arch, "num_classes": prepared["num_classes"],
@@ -145,6 +145,14 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, *, out, metrics_out
     write_json(metrics, metrics_out)
     print(json.dumps(metrics, indent=2))
     return metrics
+
+
+def random_encoder(cfg: dict) -> dict:
+    """The weights of a randomly initialised encoder of the model's arch (an MAE's, or a timm
+    ViT's as timm initialises it): the probe's baseline."""
+    if is_timm(cfg["arch"]):
+        return build_classifier(cfg["arch"], 1, "probe").state_dict()
+    return build_mae(cfg["arch"], cfg["norm_pix_loss"]).state_dict()
 
 
 def evaluate(cfg: dict, stage: str, data_path, checkpoint, metrics_out, device="cpu", workers=0) -> dict:
