@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import yaml
+from stage_map import MODULE_STAGES, STAGE_RULES
 
 from conftest import ROOT, copy_workflow, planned_jobs, snakemake, summary
 from vitlandscape import codehash
@@ -63,6 +64,32 @@ def test_hash_changes_with_an_imported_module_only(package):
 def test_every_form_of_import(package, module, statement, found):
     write(package, {module: "def f():\n" + textwrap.indent(statement, "    ") + "\n"})
     assert codehash.closure(package, [module]) == {"__init__.py", module} | found
+
+
+def test_editing_any_library_module_changes_exactly_its_stages_code_hashes(tmp_path):
+    """Every module against tests/stage_map.py: an edit changes the code hash of exactly the stages
+    that use it (the hash the rules put in their params; tests/test_workflow_e2e.py checks that
+    Snakemake reruns those rules, for one module of each kind)."""
+    import shutil
+
+    library = tmp_path / "vitlandscape"
+    shutil.copytree(ROOT / "workflow/vitlandscape", library, ignore=shutil.ignore_patterns("__pycache__"))
+    found = {str(p.relative_to(library)) for p in library.rglob("*.py")}
+    assert found == set(MODULE_STAGES), "classify the new or removed modules in tests/stage_map.py"
+
+    def hashes():
+        return {stage: codehash.code_hash(library, codehash.STAGE_ENTRIES[stage]) for stage in STAGE_RULES}
+    before = hashes()
+    wrong = {}
+    for name, stages in MODULE_STAGES.items():
+        module = library / name
+        original = module.read_text()
+        module.write_text(original + "\n# edited\n")
+        changed = {stage for stage, value in hashes().items() if value != before[stage]}
+        module.write_text(original)
+        if changed != set(stages):
+            wrong[name] = (sorted(changed), sorted(stages))
+    assert wrong == {}, "changed vs expected stages: " + repr(wrong)
 
 
 def test_every_entry_module_is_a_library_module():

@@ -76,7 +76,7 @@ CASES = [
     ("unknown top-level key", at("devcie", "cpu"), "devcie", "unknown key (did you mean device?)"),
     ("wrong type", at("data.image_size", "16"), "data.image_size", '"16" is a string; expected an integer'),
     ("unknown method", at("models.mae.method", "moco"), "models.mae.method",
-     '"moco" is not allowed; expected one of mae, rcmae, supervised'),
+     '"moco" is not allowed (did you mean mocov3?); expected one of mae, rcmae, mocov3, supervised'),
     ("unknown preset", at("models.mae.arch", "vit_base_patch15"), "models.mae.arch",
      '"vit_base_patch15" is not allowed (did you mean vit_base_patch16?); expected one of mae_vit_base_patch16'),
     ("arch of the wrong kind", at("models.mae.arch", 5), "models.mae.arch",
@@ -99,7 +99,7 @@ CASES = [
      '"mae-b" is not allowed as a name; expected a name matching ^[A-Za-z]'),
     ("model without settings", at("models.sup", None), "models.sup", "empty (null); expected a mapping"),
     ("unknown objective", at("models.mae.objectives", ["pretext", "loss"]), "models.mae.objectives[1]",
-     '"loss" is not allowed; expected one of pretext, probe, supervised, finetune'),
+     '"loss" is not allowed; expected one of pretext, contrastive, probe, supervised, finetune'),
     # -- the grid --
     ("min >= max", at("landscape.alpha", [1.0, -1.0, 21]), "landscape.alpha",
      "[1.0, -1.0, 21] has min 1.0 >= max -1.0; expected [min, max, points] with min < max"),

@@ -35,14 +35,16 @@ def vit(seed: int, classes=0, fixed_pos=False) -> VisionTransformer:
     return model
 
 
-def mlp(dims: list[int], last_bn_affine=False) -> nn.Sequential:
-    """MoCo v3's projector / predictor: Linear (no bias), BN, ReLU, ..., the last BN without affine."""
+def mlp(dims: list[int], last_bn: bool) -> nn.Sequential:
+    """MoCo v3's projector (last_bn) / predictor: Linear (no bias), BN, ReLU, ..., the last Linear
+    followed by a BN without affine in the projector only."""
     layers = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        last = i == len(dims) - 2
-        layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b, affine=not last or last_bn_affine)]
-        if not last:
-            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Linear(a, b, bias=False))
+        if i < len(dims) - 2:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
     return nn.Sequential(*layers)
 
 
@@ -52,13 +54,13 @@ def mocov3_pretrain_checkpoint() -> tuple[dict, dict, dict]:
     encoders = {}
     for role, seed in (("base_encoder", 1), ("momentum_encoder", 2)):
         model = vit(seed, fixed_pos=True)
-        model.head = mlp([d, 64, 64, 16])  # head.0 .. head.7, as vits.py's projector
+        model.head = mlp([d, 64, 64, 16], last_bn=True)  # head.0 .. head.7, the projector
         encoders[role] = model.state_dict()
-    predictor = mlp([16, 64, 16])
+    predictor = mlp([16, 64, 16], last_bn=False)
     state = {f"module.{role}.{k}": v for role, s in encoders.items() for k, v in s.items()}
     state |= {f"module.predictor.{k}": v for k, v in predictor.state_dict().items()}
     assert {"module.base_encoder.head.0.weight", "module.base_encoder.head.7.running_mean",
-            "module.predictor.4.running_var"} <= set(state)
+            "module.predictor.1.running_var", "module.predictor.3.weight"} <= set(state)
     ckpt = {"epoch": 300, "arch": "vit_small", "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
             "scaler": {}}
     return ckpt, encoders["base_encoder"], encoders["momentum_encoder"]

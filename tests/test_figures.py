@@ -16,6 +16,7 @@ from matplotlib.image import imread
 from matplotlib.text import Text
 
 from conftest import validated
+from vitlandscape import methods
 from vitlandscape.figures import interactive, stages
 from vitlandscape.figures import surfaces as figures_surfaces
 
@@ -430,7 +431,7 @@ def test_spectrum_has_a_panel_per_entry_marking_the_extreme_eigenvalues():
         assert (x[0], x[-1]) == (lo, hi) and lo < min(h["density"]["nodes"]) and hi > max(h["density"]["nodes"])
         assert np.all(y > 0) and np.all(np.isfinite(y))
         title = ax.get_title()
-        method = figures_surfaces.METHOD_NAMES[h["method"]]
+        method = methods.NAMES[h["method"]]
         for expected in [label, method, h["model"], f"{h['objective']} loss", f"{h['eval_samples']} eval samples",
                          f"λ_max {h['top_eigenvalues'][0]:.3g}", f"λ_min {h['min_eigenvalue']:.3g}",
                          f"|λ_min/λ_max| {h['ratio_min_max']:.3g}", f"tr H {h['trace']['value']:.3g} ± 0.4",

@@ -66,7 +66,7 @@ def test_classification_loss_is_summed_in_float64(tmp_path, prepared):
 
 def test_unknown_objective(tmp_path, prepared):
     torch.save({"model": build_mae(TINY_ARCH).state_dict()}, tmp_path / "mae.pth")
-    with pytest.raises(ValueError, match="unknown objective .recon.; use pretext, probe, finetune, supervised"):
+    with pytest.raises(ValueError, match="unknown objective .recon.; use pretext, contrastive, probe, finetune, supervised"):
         objectives.build("recon", tmp_path / "mae.pth", model_settings(), prepared, batch_size=8, mask_seed=0,
                          device=CPU)
 

@@ -8,17 +8,12 @@ of the grid in float64), never the loader under test.
 """
 import copy
 
-import numpy as np
-import pandas as pd
-import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import xarray as xr
-import yaml
 from safetensors.torch import save_file
 
-from conftest import copy_workflow, model_settings, planned_jobs, snakemake, validated
+from conftest import model_settings, validated
 from vitlandscape import configcheck
 from vitlandscape.data import prepare
 from vitlandscape.landscape import directions, objectives
@@ -172,40 +167,3 @@ def test_a_timm_model_that_is_no_vision_transformer_is_refused(default_config):
                    "which is what this workflow measures"]
     resnet = configcheck.problems(_config(copy.deepcopy(default_config), {"timm": "resnet18", "img_size": 28}))
     assert len(resnet) == 1 and resnet[0].startswith("models.vit.arch: timm's resnet18 does not take these settings")
-
-
-@pytest.mark.e2e
-def test_the_workflow_measures_a_released_dinov2_style_backbone(tmp_path):
-    """The user's path: a headless timm checkpoint given to a model with a timm arch; the workflow
-    plans no pretraining, trains the probe on it and draws and measures the probe landscape."""
-    workdir = copy_workflow(tmp_path / "wf")
-    writer = released(img_size=32, classes=0, patch_size=4)  # another grid: the job resamples
-    save_file(writer.state_dict(), workdir / "model.safetensors")
-    quick = {"epochs": 2, "batch_size": 64, "warmup_epochs": 0, "features": "cached",
-             "recipe": {"precision": "fp32", "hflip": 0.0}}
-    config = {"data": {"dataset": "digits", "image_size": 16, "eval_samples": 64},
-              "models": {"dinov2": {"method": "mae", "arch": {"timm": DINOV2, "img_size": 16, "patch_size": 4, **SMALL},
-                                    "checkpoint": "model.safetensors", "objectives": ["probe"], "accuracy": ["probe"],
-                                    "probe": quick}},
-              "landscape": {"alpha": [-1.0, 1.0, 5], "beta": [-1.0, 1.0, 5], "tile": [5, 5], "line": [-1.0, 1.0, 5],
-                            "interpolations": []},
-              "trajectories": {"models": []},
-              "figures": {"formats": ["png"], "dpi": 60, "compare": []},
-              "metrics": {"hessian": {"top_k": 1, "lanczos_steps": 4, "trace_probes": 2, "density_runs": 1,
-                                      "density_steps": 4},
-                          "flatness": {"sigmas": [0.1], "samples": 2}, "claims": []}}
-    (workdir / "timm.yaml").write_text(yaml.safe_dump(config))
-    jobs = {rule for rule, _ in planned_jobs(workdir, "--configfile", "timm.yaml")}
-    assert "downstream" in jobs and "pretrain" not in jobs and "surface_tile" in jobs
-    run = snakemake(workdir, "--cores", "2", "--configfile", "timm.yaml")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
-    surface = xr.open_zarr(workdir / "results/surfaces/dinov2/probe.zarr")
-    assert surface.attrs["checkpoint"] == "results/checkpoints/dinov2/probe.pt"
-    assert np.isfinite(surface.loss.values).all() and surface.loss.shape == (5, 5)
-    probe, _ = objectives.load("probe", workdir / "results/checkpoints/dinov2/probe.pt",
-                               model_settings(arch={"timm": DINOV2, "img_size": 16, "patch_size": 4, **SMALL}))
-    assert torch.equal(probe.reg_token, writer.reg_token)  # the released registers, untouched by the probe
-    assert "pos_embed resampled from (1, 64, 48) to (1, 16, 48)" in (workdir / "results/logs/probe/dinov2.log").read_text()
-    summary = pd.read_csv(workdir / "results/metrics/summary.csv")
-    assert summary[["model", "objective"]].values.tolist() == [["dinov2", "probe"]]
-    assert np.isfinite(summary["lambda_max"]).all() and summary["parameters"].item() > 0

@@ -85,7 +85,7 @@ wildcard_constraints:
     model="|".join(re.escape(name) for name in MODELS),
     variant="|".join(re.escape(name) for name in VARIANTS) or "(?!)",
     dataset="[A-Za-z0-9_]+",
-    objective="pretext|probe|finetune|supervised",
+    objective="pretext|contrastive|probe|finetune|supervised",
     tile=r"a\d+_b\d+",
 
 
@@ -115,6 +115,8 @@ def stage_settings(name, stage):
     """Only the config a stage depends on, so an unrelated edit reruns nothing."""
     m = MODELS[name]
     keys = _BASE_KEYS + [stage] + (_RCMAE_KEYS if stage == "pretrain" and m["method"] == "rcmae" else [])
+    if stage == "pretrain" and m["method"] == "mocov3":
+        keys.append("moco")
     if "ema_momentum" in keys and m["ema_batch_reference"] is not None:  # passed only when set: reruns nothing else
         keys.append("ema_batch_reference")
     return as_json({"name": name, **{k: m[k] for k in keys}, **trust(name)})
@@ -166,6 +168,10 @@ def landscape_of(name):
 def landscape_settings(name, objective, keys):
     m = MODELS[name]
     model_keys = ["method", "arch", "norm_pix_loss", "mask_ratio", "downstream_weights"]
+    if objective == "contrastive":  # its sizes, temperature and views: passed only there, so nothing else reruns
+        model_keys.append("moco")
+        if "mask_seed" in keys:  # where the evaluation is fixed
+            keys = keys + ["view_seed"]
     return {"name": name, "objective": objective, **{k: m[k] for k in model_keys}, **trust(name),
             "landscape": {k: landscape_of(name)[k] for k in keys}}
 
@@ -285,7 +291,7 @@ def trajectory_targets():
 
 
 def self_supervised():
-    return [n for n, m in BASE_MODELS.items() if m["method"] in ("mae", "rcmae")]
+    return [n for n, m in BASE_MODELS.items() if m["method"] in methods.SELF_SUPERVISED]
 
 
 def supervised():
@@ -339,7 +345,7 @@ def figure_targets():
     kinds = ["3d", "contour", "slices", "line_path"]
     files = []
     for name, objective in SURFACES:
-        surface_kinds = kinds + (["accuracy"] if objective != "pretext" else [])
+        surface_kinds = kinds + (["accuracy"] if objective not in ("pretext", "contrastive") else [])  # no labels
         files += expand(f"results/figures/{name}/{objective}_{{kind}}.{{fmt}}", kind=surface_kinds, fmt=FORMATS)
         files += [f"results/figures/{name}/{objective}.html", f"results/figures/{name}/{objective}.vts"]
         if objective == "pretext":

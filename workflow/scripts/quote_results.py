@@ -32,7 +32,7 @@ import pandas as pd
 BLOCK = re.compile(r"(<!-- (?:quoted from results/|written from the code): (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                    r"(<!-- end of (?P=name) -->)", re.S)
 LIBRARY = Path(__file__).resolve().parents[1] / "vitlandscape"
-NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "sup": "supervised ViT"}
+NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "sup": "supervised ViT", "mocov3": "MoCo v3"}
 
 
 def _name(model: str) -> str:
@@ -72,6 +72,15 @@ def findings(results: Path) -> str:
             for r in table.itertuples()]
     return (f"Of the {len(table)} claim measures: {', '.join(words)}.\n\n"
             + _table(["claim", "measure", "claimed wider", "than", "verdict"], rows))
+
+
+def surface_measures(results: Path) -> str:
+    """Each surface's centre loss and a few of its measures, from metrics/summary.csv."""
+    table = pd.read_csv(results / "metrics/summary.csv")
+    columns = ["centre_loss", "lambda_max", "basin_radius_r0.5", "flatness_rel_s0.1", "sharpness_rel_rho0.5",
+               "convex_area"]
+    rows = [[f"{_name(r['model'])} {r['objective']}", *(_value(r[c]) for c in columns)] for _, r in table.iterrows()]
+    return _table(["surface", *columns], rows)
 
 
 def _interval(r) -> str:
@@ -186,7 +195,7 @@ def kernels(_results: Path) -> str:
 
 
 QUOTES = {"kernels": kernels, "code-tree": code_tree, "accuracy": accuracy, "findings": findings, "convergence": convergence, "trajectory": trajectory,
-          "studies": studies}
+          "studies": studies, "surface-measures": surface_measures}
 # docs/ figure -> (the run's figure, width in pixels)
 FIGURES = {"docs/mae_vs_supervised.png": ("figures/compare/mae_vs_supervised_compare.png", 738),
            "docs/mae_vs_rcmae_trajectory.png": ("figures/trajectories/mae_vs_rcmae/pretrain_path.png", 960)}

@@ -38,12 +38,14 @@ def _model_problems(name: str, m: dict, image_size: int) -> list[str]:
         out.append(f"{key}.arch.img_size {dims['img_size']} is not a multiple of patch_size {dims['patch_size']}")
     if dims["embed_dim"] % dims["num_heads"]:
         out.append(f"{key}.arch.embed_dim {dims['embed_dim']} is not divisible by num_heads {dims['num_heads']}")
-    if m["method"] == "supervised" and isinstance(m["arch"], str) and "decoder_embed_dim" in dims:
+    encoder_only = m["method"] in ("supervised", "mocov3")
+    what = "a supervised model" if m["method"] == "supervised" else "a MoCo v3 model"
+    if encoder_only and isinstance(m["arch"], str) and "decoder_embed_dim" in dims:
         encoders = [p for p in PRESETS if "decoder_embed_dim" not in PRESETS[p]]
-        out.append(f"{key}.arch: {m['arch']} is an MAE preset with a decoder, which a supervised model does not "
+        out.append(f"{key}.arch: {m['arch']} is an MAE preset with a decoder, which {what} does not "
                    f"have; expected one of {', '.join(encoders)}")
-    elif m["method"] == "supervised":
-        out += [f"{key}.arch.{k}: {dims[k]} is a decoder setting, which a supervised model does not have; "
+    elif encoder_only:
+        out += [f"{key}.arch.{k}: {dims[k]} is a decoder setting, which {what} does not have; "
                 f"expected no {k}" for k in DECODER_KEYS if k in dims]
     if m["method"] in ("mae", "rcmae") and is_timm(m["arch"]):
         if not m.get("checkpoint") or "pretext" in objectives(m):
@@ -72,7 +74,7 @@ def given_checkpoints(m: dict) -> dict:
     """Config key -> (file, what it must serve) for every checkpoint the model entry gives."""
     given = {}
     if m.get("checkpoint"):
-        uses = [o for o in objectives(m) if o in ("pretext", "supervised")]
+        uses = [o for o in objectives(m) if o in ("pretext", "contrastive", "supervised")]
         given["checkpoint"] = (m["checkpoint"], uses or ["encoder"])
     for stage in ("probe", "finetune"):
         if m.get(stage, {}).get("checkpoint"):
@@ -235,6 +237,10 @@ def _trajectory_problems(config: dict) -> list[str]:
         m = models[name]
         if "_vs_" in name:
             out.append(f"{key}: a model whose path is drawn cannot have '_vs_' in its name (it joins compared names)")
+        if m["method"] == "mocov3":
+            out.append(f"{key} is a MoCo v3 model: replaying its training on the contrastive landscape is not "
+                       f"supported yet (its snapshots would need the momentum encoder and predictor too)")
+            continue
         for stage in paths["stages"]:
             if stage != "pretrain" and m["method"] == "supervised":
                 out.append(f"{key} is supervised: it has no {stage} stage to replay (trajectories.stages)")

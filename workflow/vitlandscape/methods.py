@@ -1,9 +1,15 @@
 """What each method has: the landscape objectives it measures by default and those it can;
 the objective each training stage optimises. Imports nothing."""
 
-OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "supervised": ["supervised"]}
+OBJECTIVES = {"mae": ["pretext", "probe"], "rcmae": ["pretext", "probe"], "mocov3": ["contrastive", "probe"],
+              "supervised": ["supervised"]}
 ALLOWED = {"mae": {"pretext", "probe", "finetune"}, "rcmae": {"pretext", "probe", "finetune"},
-           "supervised": {"supervised"}}
+           "mocov3": {"contrastive", "probe", "finetune"}, "supervised": {"supervised"}}
+# The self-supervised methods: pretrained without labels, then probed and fine-tuned.
+SELF_SUPERVISED = ("mae", "rcmae", "mocov3")
+# The objective each method's pretraining optimises.
+PRETEXT = {"mae": "pretext", "rcmae": "pretext", "mocov3": "contrastive", "supervised": "supervised"}
+NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "mocov3": "MoCo v3", "supervised": "supervised ViT"}
 
 
 def objectives(model_cfg: dict) -> list[str]:
@@ -15,7 +21,7 @@ def stage_objective(model_cfg: dict, stage: str) -> str:
     """The objective a training stage optimises (whose forward pass it repeats, whose landscape
     its trajectory is drawn on)."""
     if stage == "pretrain":
-        return "supervised" if model_cfg["method"] == "supervised" else "pretext"
+        return PRETEXT[model_cfg["method"]]
     return stage
 
 

@@ -28,6 +28,6 @@ def trained_checkpoint(model: str, stage: str) -> str:
 def objective_checkpoint(model: str, settings: dict, objective: str) -> str:
     """The trained weights an objective is measured on: given in the model's `settings`
     (`checkpoint`, `probe.checkpoint`, `finetune.checkpoint`), else trained by the workflow."""
-    if objective in ("pretext", "supervised"):
+    if objective in ("pretext", "contrastive", "supervised"):
         return settings["checkpoint"] or trained_checkpoint(model, "pretrain")
     return settings[objective].get("checkpoint") or trained_checkpoint(model, objective)

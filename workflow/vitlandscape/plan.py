@@ -66,7 +66,24 @@ def pretext_macs(dims: dict, mask_ratio: float) -> int:
     return encoder + decoder
 
 
+def mlp_macs(widths: list[int]) -> int:
+    """A projector / predictor: its Linear layers (BatchNorm and ReLU are no multiply-adds)."""
+    return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def contrastive_macs(dims: dict, moco: dict) -> tuple[int, int]:
+    """(the online forward of one view: encoder, 3-layer projector, 2-layer predictor; the momentum
+    encoder's forward of one view: encoder and projector) of MoCo v3."""
+    d, hidden, out = dims["embed_dim"], moco["mlp_dim"], moco["dim"]
+    momentum = encoder_macs(dims) + mlp_macs([d, hidden, hidden, out])
+    return momentum + mlp_macs([out, hidden, out]), momentum
+
+
 def flops_per_image(model_cfg: dict, objective: str, num_classes: int) -> int:
+    """A forward pass for one image of the objective's loss: both views for the contrastive loss
+    (whose keys the landscape computes once, so they are not counted)."""
+    if objective == "contrastive":
+        return 2 * 2 * contrastive_macs(resolve_arch(model_cfg["arch"], with_decoder=False), model_cfg["moco"])[0]
     if objective == "pretext":
         return 2 * pretext_macs(resolve_arch(model_cfg["arch"], with_decoder=True), model_cfg["mask_ratio"])
     return 2 * classifier_macs(resolve_arch(model_cfg["arch"], with_decoder=False), num_classes)
@@ -94,6 +111,9 @@ def stage_flops(model_cfg: dict, stage: str, num_classes: int, images: int) -> i
         dims = resolve_arch(model_cfg["arch"], with_decoder=False)
         encoder_passes = 1 if recipes.probe_features_cached(model_cfg) else epochs
         return images * (encoder_passes * 2 * encoder_macs(dims) + epochs * trained * 2 * dims["embed_dim"] * num_classes)
+    if stage == "pretrain" and model_cfg["method"] == "mocov3":  # + the momentum encoder on both views, once a step
+        _, momentum = contrastive_macs(resolve_arch(model_cfg["arch"], with_decoder=False), model_cfg["moco"])
+        return epochs * images * (trained * flops_per_image(model_cfg, "contrastive", num_classes) + 2 * 2 * momentum)
     teacher = 1 if stage == "pretrain" and model_cfg["method"] == "rcmae" else 0  # RC-MAE: + the EMA teacher's forward
     passes = trained + teacher  # RC-MAE: 4, with SAM 1 + 2 x 3 = 7
     return epochs * images * passes * flops_per_image(model_cfg, methods.stage_objective(model_cfg, stage), num_classes)

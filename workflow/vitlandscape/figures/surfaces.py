@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from vitlandscape import paths
+from vitlandscape import methods, paths
 from vitlandscape.metrics import basins
 
 # Keys of the config's `figures` section that are not drawing settings.
@@ -399,7 +399,6 @@ def make_slices_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
     return fig
 
 
-METHOD_NAMES = {"mae": "MAE", "rcmae": "RC-MAE", "supervised": "supervised ViT"}
 
 
 def _common_and_own(described: list[dict[str, str]], skip: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
@@ -419,7 +418,7 @@ def _split_details(entries: list[tuple[str, xr.Dataset]]) -> tuple[list[str], li
 
 def _column_title(label: str, ds: xr.Dataset) -> str:
     method = _attr(ds, "method")
-    return f"{label} ({METHOD_NAMES.get(method, method)})"
+    return f"{label} ({methods.NAMES.get(method, method)})"
 
 
 def make_comparison_figure(entries: list[tuple[str, xr.Dataset]], settings: dict | None = None,
@@ -549,7 +548,7 @@ def make_spectrum_figure(entries: list[tuple[str, dict]], settings: dict | None 
     for k, (label, h) in enumerate(entries):
         ax = fig.add_subplot(rows, cols, k + 1)
         width, lines = _draw_spectrum(ax, h)
-        method = METHOD_NAMES.get(h["method"], h["method"])
+        method = methods.NAMES.get(h["method"], h["method"])
         trace = h["trace"]
         stats = [f"λ_max {h['top_eigenvalues'][0]:.3g}", f"λ_min {h['min_eigenvalue']:.3g}",
                  f"|λ_min/λ_max| {h['ratio_min_max']:.3g}", f"tr H {trace['value']:.3g} ± {trace['stderr']:.2g}",

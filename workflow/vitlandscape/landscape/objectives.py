@@ -1,6 +1,8 @@
 """What the landscape measures: L(theta) for one trained model on the fixed evaluation set.
 
 pretext     MAE reconstruction loss with the fixed per-image masks of `mask_seed`
+contrastive MoCo v3's symmetrised InfoNCE loss on the fixed views of `view_seed`, against the
+            momentum encoder's fixed keys, in fixed batches of `batch_size` (landscape/contrastive.py)
 probe       cross-entropy (and top-1) of the linear-probed model
 finetune    cross-entropy (and top-1) of the fine-tuned model
 supervised  cross-entropy (and top-1) of the supervised ViT
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 
 from vitlandscape import devices
 from vitlandscape.data import prepare
+from vitlandscape.landscape import contrastive
+from vitlandscape.models import mocov3
 from vitlandscape.models.arch import build_mae, is_timm
 from vitlandscape.models.classifier import build_classifier, classifier_for, timm_state
 from vitlandscape.models.masking import eval_noise, random_masking
@@ -23,6 +27,7 @@ from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import checkpoint_identity
 
 CLASSIFICATION = ("probe", "finetune", "supervised")
+PRETRAINING = ("pretext", "contrastive")  # no labels: the loss is a mean over its own count
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Objective:
             for batch in self.batches:
                 loss_sum, n, right = self.batch_sums(batch)
                 total, count, correct = total + loss_sum, count + n, correct + right
-        if self.name == "pretext":
+        if self.name in PRETRAINING:
             return (total / count).item(), float("nan")
         count = self.info["eval_samples"]
         return total.item() / count, correct.item() / count
@@ -57,6 +62,8 @@ class Objective:
         for one stored batch; differentiable when called outside inference mode. The
         objective's loss is the sum of the first entries over the sum of the second."""
         model = self.model
+        if self.name == "contrastive":
+            return contrastive.batch_sums(model, batch, self.info["temperature"])
         if self.name == "pretext":
             stored, noise, target = batch
             images = self.inputs(stored)
@@ -89,6 +96,8 @@ def model_for(ckpt: formats.Checkpoint, objective: str, model_cfg: dict) -> torc
     formats.require(ckpt, objective)
     if objective == "pretext":
         return build_mae(model_cfg["arch"], model_cfg["norm_pix_loss"])
+    if objective == "contrastive":
+        return mocov3.from_config(model_cfg)
     if ckpt.format == "vitlandscape":
         meta = ckpt.meta
         return build_classifier(meta["arch"], meta["num_classes"], meta["head"], meta.get("global_pool", False))
@@ -101,8 +110,8 @@ def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, 
     """The trained model behind an objective, in eval mode (strict key matching), and the
     checkpoint it came from (its format is provenance). `downstream_weights` picks teacher
     or student where the checkpoint holds both."""
-    if objective not in ("pretext",) + CLASSIFICATION:
-        raise ValueError(f"unknown objective {objective!r}; use pretext, {', '.join(CLASSIFICATION)}")
+    if objective not in PRETRAINING + CLASSIFICATION:
+        raise ValueError(f"unknown objective {objective!r}; use {', '.join(PRETRAINING + CLASSIFICATION)}")
     ckpt = formats.read(checkpoint, prefer=model_cfg["downstream_weights"],
                         trusted=model_cfg.get("trust_checkpoint", False))
     model = model_for(ckpt, objective, model_cfg)
@@ -111,8 +120,11 @@ def load(objective: str, checkpoint, model_cfg: dict) -> tuple[torch.nn.Module, 
 
 
 def fitted_state(model: torch.nn.Module, ckpt: formats.Checkpoint, model_cfg: dict) -> dict:
-    """The checkpoint's weights for `model`: as stored, or, for a released checkpoint of a timm
-    arch, through timm's checkpoint filter (position embeddings resampled to `arch.img_size`)."""
+    """The checkpoint's weights for `model`: as stored (the whole MoCo v3 model for the
+    contrastive objective), or, for a released checkpoint of a timm arch, through timm's
+    checkpoint filter (position embeddings resampled to `arch.img_size`)."""
+    if isinstance(model, mocov3.MoCoV3):
+        return ckpt.meta["moco"]
     if ckpt.format != "vitlandscape" and is_timm(model_cfg["arch"]):
         return timm_state(model, ckpt.state)
     return ckpt.state
@@ -123,12 +135,13 @@ def load_model(objective: str, checkpoint, model_cfg: dict) -> torch.nn.Module:
 
 
 def build(objective: str, checkpoint, model_cfg: dict, prepared: dict, *, batch_size: int,
-          mask_seed: int, device: torch.device, precision: str = "fp32") -> Objective:
+          mask_seed: int, device: torch.device, precision: str = "fp32", view_seed: int | None = None) -> Objective:
     """Model and evaluation batches, all on `device`, for one objective evaluated in `precision`."""
     model, ckpt = load(objective, checkpoint, model_cfg)
     print(f"checkpoint {checkpoint}: {ckpt.label}")
     images, labels = prepare.eval_set(prepared, device, normalised=False)
-    built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"])
+    built = from_model(objective, model.to(device), images, labels, batch_size, mask_seed, model_cfg["mask_ratio"],
+                       view_seed, model_cfg.get("moco"))
     built.info["checkpoint_format"] = ckpt.format
     built.precision = precision
     return built
@@ -139,7 +152,7 @@ def for_stage(settings: dict, data_path, checkpoint, landscape, batch_size: int 
     `landscape` section as settings.LandscapeSettings) on the evaluation set of `data_path`."""
     return build(settings["objective"], checkpoint, settings, prepare.load_prepared(data_path),
                  batch_size=batch_size or landscape.batch_size, mask_seed=landscape.mask_seed,
-                 device=devices.resolve(landscape.device), precision=landscape.precision)
+                 device=devices.resolve(landscape.device), precision=landscape.precision, view_seed=landscape.view_seed)
 
 
 def provenance(settings: dict, checkpoint, objective: Objective) -> dict:
@@ -151,11 +164,20 @@ def provenance(settings: dict, checkpoint, objective: Objective) -> dict:
 
 
 def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               batch_size: int, mask_seed: int = 0, mask_ratio: float = 0.75) -> Objective:
+               batch_size: int, mask_seed: int = 0, mask_ratio: float = 0.75, view_seed: int | None = None,
+               moco: dict | None = None) -> Objective:
     """The objective of a model already on the images' device: float images, or uint8 ones
-    (a streamed subset) normalised batch by batch. `mask_*` only for the pretext loss."""
+    (a streamed subset) normalised batch by batch. `mask_*` only for the pretext loss;
+    `view_seed` and `moco` (the model's MoCo v3 settings) only for the contrastive loss, whose
+    `model` is the whole MoCo v3 model and whose Objective moves only its online part."""
     streamed = images.dtype == torch.uint8
     info = {"eval_samples": len(images)}
+    if objective == "contrastive":
+        if view_seed is None:
+            raise ValueError("the contrastive objective needs landscape.view_seed")
+        views = prepare.normalise(images) if streamed else images  # views are made once, from float images
+        info.update(view_seed=view_seed, temperature=moco["temperature"], batch_size=batch_size)
+        return Objective(objective, mocov3.Online(model), contrastive.batches(model, views, batch_size, view_seed), info)
     if objective != "pretext":
         batches = prepare.chunks(images, labels, batch_size)
     else:

@@ -22,6 +22,7 @@ class LandscapeSettings:
     orthogonal: bool | None = None
     # the evaluation: fixed masks, batch, where and in which arithmetic
     mask_seed: int | None = None
+    view_seed: int | None = None  # the contrastive objective's fixed views
     batch_size: int | None = None
     device: str | None = None
     precision: str = "fp32"

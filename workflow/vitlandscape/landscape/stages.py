@@ -86,6 +86,8 @@ def _setup(settings: dict, data_path, checkpoint, directions_path):
              "perturb_frozen": int(landscape.perturb_frozen), "orthogonal": int(landscape.orthogonal),
              "direction_seed": landscape.direction_seed, "perturbed_tensors": len(dirs["x"]),
              "precision": landscape.precision}
+    if settings["objective"] == "contrastive":  # what fixes its views and negatives
+        attrs.update(view_seed=landscape.view_seed, contrastive_batch_size=landscape.batch_size)
     return objective, perturbation, attrs
 
 

@@ -11,6 +11,7 @@ from time import perf_counter
 import torch
 
 from vitlandscape import devices
+from vitlandscape.models import mocov3
 from vitlandscape.models.arch import build_mae, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 
@@ -27,6 +28,9 @@ def forward_pass(m: dict, objective: str, num_classes: int, batch_size: int, dev
         patches = (dims["img_size"] // dims["patch_size"]) ** 2
         noise = torch.rand(batch_size, patches, generator=torch.Generator().manual_seed(0)).to(device)
         return lambda: model(x, m["mask_ratio"], noise)
+    if objective == "contrastive":  # the online part on both views, as plan.flops_per_image counts it
+        online = mocov3.Online(mocov3.from_config({**m, "arch": dims})).to(device).eval()
+        return lambda: (online(x), online(x))
     global_pool = objective == "finetune" and m["finetune"]["global_pool"]
     model = build_classifier(dims, num_classes, objective, global_pool).to(device).eval()
     return lambda: model(x)
@@ -76,7 +80,8 @@ def measure(config: dict, pairs, num_classes: int, device: str = "auto", precisi
         # models alike but for their names (mae and rcmae) share one measurement
         key = json.dumps([resolve_arch(m["arch"], with_decoder=objective == "pretext"), objective,
                           m["mask_ratio"] if objective == "pretext" else None,
-                          m["norm_pix_loss"] if objective == "pretext" else None])
+                          m["norm_pix_loss"] if objective == "pretext" else None,
+                          m["moco"] if objective == "contrastive" else None])
         if key not in timed:
             torch.manual_seed(0)
             run = forward_pass(m, objective, num_classes, batch_size, device)

@@ -41,11 +41,13 @@ FORMATS = ("vitlandscape", "mae_pretrain", "rcmae_release", "mae_encoder", "mae_
            "timm_vit", "backbone", "dino_full", "mocov3_pretrain", "mocov3_linprobe")
 WITH_DECODER = ("mae_pretrain", "rcmae_release")
 WITH_ENCODER = WITH_DECODER + ("mae_encoder", "backbone", "dino_full", "mocov3_pretrain")
+# The kind of our own checkpoint a pretraining objective is measured on.
+PRETRAINED_KIND = {"pretext": "mae", "contrastive": "mocov3"}
 # Classifier layouts: how the head reads the encoder's tokens ('linear': a linear head on the
 # cls token of an encoder with MoCo v3's fixed sin-cos position embedding).
 POOLING = {"mae_finetuned": "avg", "mae_linprobe": "probe", "timm_vit": "token", "mocov3_linprobe": "linear"}
 # Formats an objective's model may come from (besides our own checkpoints of the right kind).
-SERVES = {"pretext": WITH_DECODER, "probe": ("mae_linprobe", "mocov3_linprobe"),
+SERVES = {"pretext": WITH_DECODER, "contrastive": ("mocov3_pretrain",), "probe": ("mae_linprobe", "mocov3_linprobe"),
           "finetune": ("mae_finetuned", "timm_vit"), "supervised": ("timm_vit", "mae_finetuned")}
 
 DECODER_FILES = ("mae_visualize_vit_{base,large,huge}.pth (pixel targets) or "
@@ -170,7 +172,8 @@ def recognise(ckpt: dict, path, container: str = "torch", prefer: str = "teacher
             encoder = {k: v for k, v in _under(state, role + ".").items() if not k.startswith("head.")}
             if not _encoder_only(encoder):
                 raise _unrecognised(path, ckpt, state)
-            return Checkpoint(path, "mocov3_pretrain", container, encoder, {**meta, "weights": role})
+            # the whole model too: the contrastive objective needs the projector, predictor and momentum encoder
+            return Checkpoint(path, "mocov3_pretrain", container, encoder, {**meta, "weights": role, "moco": state})
         if layout(state) != "timm_vit":
             raise _unrecognised(path, ckpt, state)
         return Checkpoint(path, "mocov3_linprobe", container, state, meta)
@@ -193,8 +196,8 @@ def serves(ckpt: Checkpoint, objective: str) -> bool:
     """Whether the checkpoint holds the model an objective is measured on."""
     if ckpt.format == "vitlandscape":
         kind, head = ckpt.meta.get("kind"), ckpt.meta.get("head")
-        if objective == "pretext":
-            return kind == "mae"
+        if objective in PRETRAINED_KIND:
+            return kind == PRETRAINED_KIND[objective]
         return kind == "classifier" and head == objective
     return ckpt.format in SERVES[objective]
 
@@ -221,7 +224,7 @@ def require(ckpt: Checkpoint, objective: str) -> None:
 
 def encoder_source(ckpt: Checkpoint) -> dict:
     """The encoder weights of a pretrained checkpoint (probe and fine-tune training)."""
-    if ckpt.format in WITH_ENCODER or (ckpt.format == "vitlandscape" and ckpt.meta.get("kind") == "mae"):
+    if ckpt.format in WITH_ENCODER or (ckpt.format == "vitlandscape" and ckpt.meta.get("kind") in ("mae", "mocov3")):
         return ckpt.state
     raise CheckpointError(f"checkpoint {ckpt.path} ({ckpt.label}) holds no pretrained encoder; "
                           f"probing and fine-tuning start from {', '.join(WITH_ENCODER)} or this workflow's "

@@ -12,6 +12,10 @@ official recipe of that stage and method:
 - Fine-tuning (main_finetune.py, README's per-model settings): AdamW (0.9, 0.999), layer-wise
   lr decay, drop path, min lr 1e-6, no weight decay on cls_token / pos_embed, RandAugment
   (rand-m9-mstd0.5-inc1), random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing 0.1.
+- MoCo v3 pretraining (facebookresearch/moco-v3 main_moco.py, its ViT settings): AdamW (0.9,
+  0.999), base lr 1.5e-4, weight decay 0.1 (not on 1-D tensors, as the MAE recipes; MoCo v3
+  decays every tensor), the BYOL two-view augmentation (random resized crop 0.08-1, flip,
+  colour jitter, grey, blur, solarisation: augment/twoview.py), mixed precision.
 - Supervised ViT from scratch (DeiT): as fine-tuning without layer decay; base lr 5e-4 per
   512 images (2.5e-4 per 256), min lr 1e-5. Repeated augmentation and DeiT's warm-up from
   1e-6 are left out (the schedule warms up from 0 as the MAE recipes do).
@@ -25,6 +29,7 @@ loss scaling has the same purpose; bf16 needs no scaler).
 """
 import copy
 
+from vitlandscape import methods
 from vitlandscape.models.arch import resolve_arch
 
 BASE_BATCH = 256
@@ -48,6 +53,10 @@ OFFICIAL = {
                    "recipe": {"optimizer": "adamw", "betas": [0.9, 0.999], "min_lr": 1e-5, "layer_decay": None,
                               "no_weight_decay": ["cls_token", "pos_embed"], "drop_path": 0.1,
                               "precision": "bf16", **_AUGMENTED, **_NO_SAM}},
+    "contrastive": {"blr": 1.5e-4, "weight_decay": 0.1,
+                    "recipe": {"optimizer": "adamw", "betas": [0.9, 0.999], "min_lr": 0.0, "layer_decay": None,
+                               "no_weight_decay": [], "drop_path": 0.0, "precision": "bf16",
+                               **_PLAIN, "crop_scale": [0.08, 1.0], "hflip": 0.5, **_NO_SAM}},
     "probe": {"blr": 0.1, "weight_decay": 0.0,
               "recipe": {"optimizer": "lars", "betas": [0.9, 0.999], "min_lr": 0.0, "layer_decay": None,
                          "no_weight_decay": [], "drop_path": 0.0, "precision": "bf16",
@@ -67,7 +76,7 @@ FINETUNE_BY_WIDTH = {768: {"blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
 def official(method: str, stage: str, arch) -> dict:
     """The official `blr`, `weight_decay` and `recipe` of a stage ('pretrain', 'probe',
     'finetune') for a method and architecture."""
-    kind = "supervised" if method == "supervised" and stage == "pretrain" else stage
+    kind = {"supervised": "supervised", "mocov3": "contrastive"}.get(method, stage) if stage == "pretrain" else stage
     settings = copy.deepcopy(OFFICIAL[kind])
     if kind == "finetune":
         size = FINETUNE_BY_WIDTH.get(resolve_arch(arch, with_decoder=False)["embed_dim"], {})
@@ -129,7 +138,7 @@ def problems(key: str, model_cfg: dict, stage: str) -> list[str]:
         found.append(f"{key}.recipe: mixup/cutmix pair each image with another of its batch; "
                      f"batch_size {stage_cfg['batch_size']} must be even")
     why = {"probe": "the linear probe trains only its head on the frozen encoder",
-           "pretrain": "MAE pretraining has no labels or classifier"}.get(stage)
+           "pretrain": f"{methods.NAMES[model_cfg['method']]} pretraining has no labels or classifier"}.get(stage)
     if why and (stage, model_cfg["method"]) != ("pretrain", "supervised"):
         given_elements = [k for k in CLASSIFIER_TRAINING if recipe[k]]
         if given_elements:

@@ -7,11 +7,13 @@ from vitlandscape import devices, methods
 from vitlandscape.augment.batch import Augmentation
 from vitlandscape.data import prepare
 from vitlandscape.landscape import objectives
+from vitlandscape.models import mocov3
 from vitlandscape.models.arch import build_mae, is_timm, resolve_arch
 from vitlandscape.models.classifier import build_classifier
 from vitlandscape.storage import checkpoints, formats
 from vitlandscape.storage.outputs import checkpoint_identity, sha256, write_json
 from vitlandscape.train import loops, recipes
+from vitlandscape.train import mocov3 as mocov3_training
 
 # Batch size of accuracy and feature passes (no gradients).
 EVAL_BATCH = 512
@@ -40,6 +42,8 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
     """The checkpoint `pretrain` saves; `record` (recording.TrainingRecord) follows the training."""
     method = cfg["method"]
     stage_cfg = recipes.resolve(cfg, "pretrain")
+    if method == "mocov3":
+        return train_mocov3(cfg, stage_cfg, prepared, device, workers, record)
     batches = prepare.train_batches(prepared, stage_cfg["recipe"], stage_cfg["batch_size"], stage_cfg["seed"], workers, device)
     augmentation = batch_augmentation(stage_cfg, prepared)
     torch.manual_seed(cfg["seed"])
@@ -69,6 +73,24 @@ def train_from_scratch(cfg: dict, prepared: dict, device, workers=0, record=None
         what = "MAE + consistency loss" if method == "rcmae" else "MAE loss"
         print(f"{method} last-epoch training {what}: {history[-1]['loss']:.4f}")
     return ckpt
+
+
+def train_mocov3(cfg: dict, stage_cfg: dict, prepared: dict, device, workers=0, record=None) -> dict:
+    """MoCo v3 pretraining's checkpoint: `model` the encoder `downstream_weights` names (base or
+    momentum, without the projector), `moco` the whole model (for the contrastive objective)."""
+    arch = resolve_arch(cfg["arch"], with_decoder=False)
+    check_image_size(arch, prepared, cfg["name"])
+    # the two views crop and flip on the device; a streamed folder's loader only decodes and resizes
+    plain = {**stage_cfg["recipe"], "crop_scale": None, "hflip": 0.0}
+    batches = prepare.train_batches(prepared, plain, stage_cfg["batch_size"], stage_cfg["seed"], workers, device)
+    torch.manual_seed(cfg["seed"])
+    model = mocov3.from_config({**cfg, "arch": arch}).to(device)
+    history = mocov3_training.pretrain(model, batches, cfg, stage_cfg, record)
+    kept = model.momentum_encoder if methods.downstream_is_ema(cfg) else model.base_encoder
+    encoder = {k: v for k, v in cpu_state(kept).items() if not k.startswith("head.")}
+    print(f"mocov3 last-epoch training contrastive loss: {history[-1]['loss']:.4f}")
+    return {"kind": "mocov3", "method": "mocov3", "arch": arch, "moco_settings": cfg["moco"], "history": history,
+            "model": encoder, "moco": cpu_state(model)}
 
 
 def batch_augmentation(stage_cfg: dict, prepared: dict) -> Augmentation | None:
@@ -148,9 +170,9 @@ def downstream(cfg: dict, stage: str, data_path, checkpoint, *, out, metrics_out
 
 
 def random_encoder(cfg: dict) -> dict:
-    """The weights of a randomly initialised encoder of the model's arch (an MAE's, or a timm
-    ViT's as timm initialises it): the probe's baseline."""
-    if is_timm(cfg["arch"]):
+    """The weights of a randomly initialised encoder of the model's arch (an MAE's as MAE
+    initialises it; a timm ViT's or MoCo v3's as timm does): the probe's baseline."""
+    if is_timm(cfg["arch"]) or cfg["method"] == "mocov3":
         return build_classifier(cfg["arch"], 1, "probe").state_dict()
     return build_mae(cfg["arch"], cfg["norm_pix_loss"]).state_dict()
 
