@@ -56,6 +56,18 @@ def npz_dataset(tmp_path) -> Path:
     return path
 
 
+def prepared_noise(root: Path, images: int, size: int, classes: int, eval_samples: int) -> Path:
+    """Uniform-noise images with cyclic labels as an npz data set, prepared at their own size
+    (a quarter held out for test): `root/data.pt`."""
+    from vitlandscape.data import prepare
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", images=rng.integers(0, 256, size=(images, size, size, 3), dtype=np.uint8),
+             labels=np.arange(images) % classes)
+    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": size,
+                          "eval_samples": eval_samples, "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    return root / "data.pt"
+
+
 @pytest.fixture
 def data_file(tmp_path, npz_dataset) -> Path:
     """The npz data set prepared (16 px, 32 evaluation images, a quarter held out for test)."""

@@ -10,8 +10,7 @@ import torch
 import xarray as xr
 
 import reference
-from conftest import model_settings
-from vitlandscape.data import prepare
+from conftest import model_settings, prepared_noise
 from vitlandscape.metrics import stages as metrics_stages
 from vitlandscape.metrics import tables
 from vitlandscape.models.arch import build_mae
@@ -26,11 +25,7 @@ FIXED = ("pos_embed", "decoder_pos_embed")  # sin-cos, not trained
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
-    rng = np.random.default_rng(0)
-    np.savez(root / "data.npz", images=rng.integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8),
-             labels=np.arange(20) % 2)
-    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 8, "eval_samples": 6,
-                          "seed": 0, "test_fraction": 0.25}, root / "data.pt")
+    prepared_noise(root, images=20, size=8, classes=2, eval_samples=6)
     torch.manual_seed(0)
     torch.save({"model": build_mae(MICRO).state_dict(), "args": argparse.Namespace(norm_pix_loss=False)},
                root / "mae.pth")

@@ -10,13 +10,16 @@ import pytest
 import torch
 import xarray as xr
 
-from conftest import model_settings
+from conftest import model_settings, prepared_noise
 from vitlandscape.augment.twoview import two_views
+from vitlandscape.data import prepare
 from vitlandscape.landscape import directions, grid, objectives, tiles
 from vitlandscape.landscape import stages as landscape_stages
 from vitlandscape.metrics.hessian import HessianOperator
 from vitlandscape.models.mocov3 import MoCoV3, contrastive_terms, symmetric_loss
 from vitlandscape.storage import formats
+from vitlandscape.train import mocov3 as mocov3_training
+from vitlandscape.train import recipes
 from vitlandscape.train import stages as train_stages
 from vitlandscape.train.rcmae import ema_momentum
 
@@ -52,15 +55,21 @@ def test_the_momentum_rises_from_m_to_one_by_a_cosine_and_moves_the_momentum_enc
     assert ema_momentum(0, 100, 0.99, "cosine") == 0.99
     assert ema_momentum(50, 100, 0.99, "cosine") == pytest.approx(1 - 0.01 / 2, abs=1e-15)
     assert ema_momentum(100, 100, 0.99, "cosine") == 1.0
+    # one training step at lr 0: the base encoder stays, the momentum encoder takes its step-0 m
     torch.manual_seed(0)
     model = MoCoV3(ENCODER, **{k: MOCO[k] for k in ("dim", "mlp_dim", "temperature", "freeze_patch_embed")})
     with torch.no_grad():
         for p in model.base_encoder.parameters():
             p.add_(1.0)
-    before = copy.deepcopy(model.momentum_encoder.state_dict())
-    model.update_momentum_encoder(0.9)
-    for (name, p), b in zip(model.momentum_encoder.named_parameters(), model.base_encoder.parameters()):
-        torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * b, rtol=0, atol=1e-6)
+    base, before = copy.deepcopy(model.base_encoder.state_dict()), copy.deepcopy(model.momentum_encoder.state_dict())
+    cfg = model_settings("mocov3", arch=dict(ENCODER), moco=dict(MOCO))
+    cfg["pretrain"].update(epochs=1, batch_size=8, warmup_epochs=0, lr=0.0, recipe={"precision": "fp32"})
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    batches = prepare.TensorBatches((images, torch.zeros(8, dtype=torch.long)), 8, 0)
+    mocov3_training.pretrain(model, batches, cfg, recipes.resolve(cfg, "pretrain"))
+    for name, p in model.momentum_encoder.named_parameters():
+        torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * base[name], rtol=0, atol=1e-6)
+    assert all(torch.equal(p, base[n]) for n, p in model.base_encoder.named_parameters())
 
 
 def test_the_model_has_moco_v3s_layout_and_frozen_tensors():
@@ -84,14 +93,7 @@ def trained(tmp_path_factory, npz_module_data):
 
 @pytest.fixture(scope="module")
 def npz_module_data(tmp_path_factory):
-    from vitlandscape.data import prepare
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    np.savez(root / "data.npz", images=rng.integers(0, 256, size=(72, 16, 16, 3), dtype=np.uint8),
-             labels=np.arange(72) % 3)
-    prepare.prepare_data({"dataset": "npz", "path": str(root / "data.npz"), "image_size": 16, "eval_samples": 20,
-                          "seed": 0, "test_fraction": 0.25}, root / "data.pt")
-    return root / "data.pt"
+    return prepared_noise(tmp_path_factory.mktemp("data"), images=72, size=16, classes=3, eval_samples=20)
 
 
 def test_training_writes_the_encoder_and_the_whole_model(trained):
@@ -138,7 +140,6 @@ def reference_loss(model: MoCoV3, images: torch.Tensor, view_seed: int, batch_si
 
 def test_the_objective_is_its_definition_and_its_batch_size_is_part_of_it(trained, npz_module_data):
     root, cfg, _ = trained
-    from vitlandscape.data import prepare
     images, _ = prepare.eval_set(prepare.load_prepared(npz_module_data), torch.device("cpu"))
     model, _ = objectives.load("contrastive", root / "pretrain.pt", cfg)
     for batch_size in (8, 20):

@@ -29,12 +29,16 @@ from vitlandscape.train import recipes
 # Keys of a model entry that say what the model is or where its weights come from, not how it trains.
 NOT_TRAINING = {"method", "arch", "checkpoint", "trust_checkpoint", "objectives", "accuracy",
                 "probe.checkpoint", "finetune.checkpoint"}
-RCMAE_ONLY = {"ema_momentum", "ema_schedule", "ema_batch_reference", "consistency_weight", "downstream_weights"}
-MASKED_ONLY = {"norm_pix_loss", "mask_ratio", "probe", "finetune", "arch.decoder_embed_dim", "arch.decoder_depth",
-               "arch.decoder_num_heads"}
-# of those, what MoCo v3 (self-supervised, no masks, no decoder) has not either; and its own
-NOT_CONTRASTIVE = MASKED_ONLY - {"probe", "finetune"}
-MOCO_ONLY = {"moco"}
+# Settings only some methods have: top-level or dotted key -> (those methods, what the key is)
+ONLY_FOR = {
+    **dict.fromkeys(("ema_momentum", "ema_schedule", "ema_batch_reference", "consistency_weight"),
+                    (("rcmae",), "an RC-MAE setting")),
+    "downstream_weights": (("rcmae", "mocov3"), "a setting of the methods with two sets of weights (RC-MAE, MoCo v3)"),
+    "moco": (("mocov3",), "a MoCo v3 setting"),
+    **dict.fromkeys(("norm_pix_loss", "mask_ratio", "arch.decoder_embed_dim", "arch.decoder_depth",
+                     "arch.decoder_num_heads"), (("mae", "rcmae"), "a masked-image-modelling setting")),
+    **dict.fromkeys(("probe", "finetune"), (methods.SELF_SUPERVISED, "a self-supervised model's downstream stage")),
+}
 VALUE_TEXT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
 
@@ -121,14 +125,9 @@ def _key_problems(where: str, key: str, base: str, entry: dict, schema: dict) ->
         return [f"{where}: {key} is not a training setting (it says what model {base} is or where its "
                 f"weights come from)"]
     top = key.split(".")[0]
-    if method != "rcmae" and top in RCMAE_ONLY and not (method == "mocov3" and top == "downstream_weights"):
-        return [f"{where}: {key} is an RC-MAE setting; models.{base} is method {method}, which has none"]
-    if method != "mocov3" and top in MOCO_ONLY:
-        return [f"{where}: {key} is a MoCo v3 setting; models.{base} is method {method}, which has none"]
-    masked = MASKED_ONLY if method == "supervised" else NOT_CONTRASTIVE if method == "mocov3" else set()
-    if top in masked or key in masked:
-        return [f"{where}: {key} is a masked-image-modelling setting; models.{base} is "
-                f"{'supervised' if method == 'supervised' else 'method ' + method}, which has none"]
+    for part in (top, key):
+        if part in ONLY_FOR and method not in ONLY_FOR[part][0]:
+            return [f"{where}: {key} is {ONLY_FOR[part][1]}; models.{base} is method {method}, which has none"]
     if top == "arch" and not isinstance(entry["arch"], dict):
         return [f"{where}: models.{base}.arch is the preset {entry['arch']}; vary arch keys of an arch given key by key"]
     if entry["checkpoint"] or (top in ("probe", "finetune") and entry[top]["checkpoint"]):

@@ -399,8 +399,6 @@ def make_slices_figure(ds: xr.Dataset, settings: dict | None = None) -> Figure:
     return fig
 
 
-
-
 def _common_and_own(described: list[dict[str, str]], skip: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]]]:
     """Labels shared by all ``described`` dicts, and each one's remaining labels not keyed in ``skip``."""
     common = [k for k in described[0] if all(d[k] == described[0][k] for d in described)]

@@ -176,7 +176,7 @@ def from_model(objective: str, model: torch.nn.Module, images: torch.Tensor, lab
         if view_seed is None:
             raise ValueError("the contrastive objective needs landscape.view_seed")
         views = prepare.normalise(images) if streamed else images  # views are made once, from float images
-        info.update(view_seed=view_seed, temperature=moco["temperature"], batch_size=batch_size)
+        info["temperature"] = moco["temperature"]
         return Objective(objective, mocov3.Online(model), contrastive.batches(model, views, batch_size, view_seed), info)
     if objective != "pretext":
         batches = prepare.chunks(images, labels, batch_size)

@@ -80,12 +80,6 @@ class MoCoV3(nn.Module):
         """The symmetrised loss of one batch of two views."""
         return symmetric_loss(self.queries(x1), self.queries(x2), self.keys(x1), self.keys(x2), self.temperature)
 
-    @torch.no_grad()
-    def update_momentum_encoder(self, m: float) -> None:
-        """momentum = m * momentum + (1 - m) * base, every parameter (the projector's included)."""
-        for mp, bp in zip(self.momentum_encoder.parameters(), self.base_encoder.parameters()):
-            mp.mul_(m).add_(bp.detach(), alpha=1 - m)
-
 
 def from_config(model_cfg: dict) -> MoCoV3:
     """The MoCo v3 model of a model entry (`arch` and its `moco` settings)."""

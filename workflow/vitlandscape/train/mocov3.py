@@ -7,9 +7,10 @@ steps (MoCo v3's schedule; `moco.momentum_schedule: constant` keeps m).
 import torch
 
 from vitlandscape.augment.twoview import TwoViews
+from vitlandscape.models.mocov3 import Online
 from vitlandscape.train import optim
 from vitlandscape.train.loops import fit
-from vitlandscape.train.rcmae import ema_momentum
+from vitlandscape.train.rcmae import ema_momentum, ema_update
 
 
 def view_pairs(seed: int, recipe: dict) -> callable:
@@ -39,14 +40,13 @@ def pretrain(model, batches, cfg: dict, stage_cfg: dict, record=None) -> list[di
         loss = model(v1, v2)
         return loss, {"contrastive_loss": loss.detach(), "momentum": momentum(step)}
 
-    def update_momentum_encoder(step, total):
-        model.update_momentum_encoder(momentum(step))
+    def update_momentum_encoder(step, total):  # every parameter, the projector's included
+        ema_update(model.momentum_encoder, model.base_encoder, momentum(step))
 
     if record is not None:
         record.watch(model.base_encoder)
     torch.manual_seed(cfg["seed"])
-    online = torch.nn.ModuleDict({"base_encoder": model.base_encoder, "predictor": model.predictor})
-    groups = optim.param_groups(online, stage_cfg["weight_decay"], stage_cfg["recipe"]["layer_decay"],
+    groups = optim.param_groups(Online(model), stage_cfg["weight_decay"], stage_cfg["recipe"]["layer_decay"],
                                 stage_cfg["recipe"]["no_weight_decay"])
     return fit(groups, step_loss, batches, stage_cfg, desc="mocov3 pretrain", after_step=update_momentum_encoder,
                record=record, augmentation=view_pairs(stage_cfg["seed"] + 1, stage_cfg["recipe"]))
